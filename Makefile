@@ -1,0 +1,133 @@
+# Ambit's build. `make demo` and `make test` set up everything they need themselves: Debian
+# packages, the pinned test binaries (built from the Go module proxy into .cache/bin) and the
+# images. Versions are pinned here and in tests/tools/*/go.mod.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := build
+
+CACHE   ?= $(CURDIR)/.cache
+BIN     := $(CACHE)/bin
+IMAGES  := $(CACHE)/images
+GO      ?= go
+
+# Pinned versions of what the test cluster runs. Kubernetes and etcd are pinned in
+# tests/tools/k8s/go.mod, containerd in tests/tools/containerd/go.mod.
+K8S_VERSION         := v1.34.4
+RUNC_VERSION        := v1.3.6
+CNI_PLUGINS_VERSION := v1.9.1
+
+# Debian packages: runc's seccomp build, the programs the harness and the nodes run.
+APT_PACKAGES := libseccomp-dev pkg-config iptables nftables util-linux mount iproute2
+
+K8S_LDFLAGS := -s -w \
+	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=1 \
+	-X k8s.io/component-base/version.gitMinor=34 \
+	-X k8s.io/client-go/pkg/version.gitVersion=$(K8S_VERSION) \
+	-X k8s.io/client-go/pkg/version.gitMajor=1 \
+	-X k8s.io/client-go/pkg/version.gitMinor=34
+
+.PHONY: build test e2e unit bench demo generate lint images tools deps clean help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+build: ## build Ambit's binaries into bin/
+	$(GO) build ./...
+
+deps: ## install the Debian packages the build and the test cluster need
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Each build leaves a stamp named after what it was built from, so a binary is rebuilt only
+# when its pinned version (or the tools module's go.sum) changes.
+sum = $(shell cat $(1) | sha256sum | cut -c1-12)
+K8S_STAMP        := $(BIN)/.k8s-$(K8S_VERSION)-$(call sum,tests/tools/k8s/go.sum tests/tools/k8s/etcd/main.go)
+CONTAINERD_STAMP := $(BIN)/.containerd-$(call sum,tests/tools/containerd/go.sum)
+RUNC_STAMP       := $(BIN)/.runc-$(RUNC_VERSION)
+CNI_STAMP        := $(BIN)/.cni-$(CNI_PLUGINS_VERSION)
+
+tools: deps $(K8S_STAMP) $(CONTAINERD_STAMP) $(RUNC_STAMP) $(CNI_STAMP) ## build the pinned test binaries
+
+$(K8S_STAMP):
+	@mkdir -p $(BIN)
+	@echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $(K8S_VERSION) and etcd"
+	cd tests/tools/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(BIN)/ \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+		k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl ./etcd
+	@rm -f $(BIN)/.k8s-* && touch $@
+
+$(CONTAINERD_STAMP):
+	@mkdir -p $(BIN)
+	@echo "building containerd, containerd-shim-runc-v2 and ctr"
+	cd tests/tools/containerd && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ \
+		github.com/containerd/containerd/v2/cmd/containerd \
+		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+		github.com/containerd/containerd/v2/cmd/ctr
+	@rm -f $(BIN)/.containerd-* && touch $@
+
+$(RUNC_STAMP): | deps
+	@mkdir -p $(BIN)
+	@echo "building runc $(RUNC_VERSION)"
+	GOBIN=$(BIN) CGO_ENABLED=1 $(GO) install -trimpath -tags seccomp -ldflags '-s -w' github.com/opencontainers/runc@$(RUNC_VERSION)
+	@rm -f $(BIN)/.runc-* && touch $@
+
+$(CNI_STAMP):
+	@mkdir -p $(BIN)/cni
+	@echo "building CNI plugins $(CNI_PLUGINS_VERSION)"
+	GOBIN=$(BIN)/cni CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' \
+		github.com/containernetworking/plugins/plugins/main/bridge@$(CNI_PLUGINS_VERSION) \
+		github.com/containernetworking/plugins/plugins/ipam/host-local@$(CNI_PLUGINS_VERSION) \
+		github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION) \
+		github.com/containernetworking/plugins/plugins/meta/portmap@$(CNI_PLUGINS_VERSION)
+	@rm -f $(BIN)/.cni-* && touch $@
+
+# Images of Ambit's binaries and test apps, built without a Docker engine: a static Go binary
+# on an empty base, written as an archive that each test node's containerd imports.
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+IMAGE_APPS  := pause:tests/apps/pause echo:tests/apps/echo
+BUILD       := $(CACHE)/build
+
+images: ## build the image archives into .cache/images
+	@mkdir -p $(BUILD) $(IMAGES)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
+	@for app in $(IMAGE_APPS); do \
+		name=$${app%%:*}; pkg=$${app#*:}; \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BUILD)/$$name ./$$pkg; \
+		$(BUILD)/mkimage -o $(IMAGES)/$$name.tar.tmp -ref ambit.local/$$name:dev -version $(VERSION) \
+			-bin $(BUILD)/$$name:/usr/local/bin/$$name; \
+		mv $(IMAGES)/$$name.tar.tmp $(IMAGES)/$$name.tar; \
+	done
+	@ls -l $(IMAGES)
+
+# Tests. Packages that start a test cluster run one at a time (-p 1): each cluster takes most
+# of a 2-core machine while it starts.
+TEST_FLAGS ?= -timeout 30m
+UNIT_PKGS   = $$($(GO) list ./... | grep -v -e /tests/smoke)
+E2E_PKGS    = ./tests/smoke/...
+
+test: tools images ## run every test (unit, race, end-to-end in a real cluster); needs root
+	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
+	if [ -n "$$gofmt_out" ]; then echo "gofmt needed:"; echo "$$gofmt_out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
+	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
+
+unit: ## run the tests that need no cluster
+	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
+
+e2e: tools images ## run the end-to-end tests in a real cluster (needs root)
+	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
+
+DEMO_FLAGS ?=
+
+demo: tools images ## start a local 2-node cluster and show the scenario working (needs root)
+	$(GO) run ./tests/demo $(DEMO_FLAGS)
+
+clean: ## remove built binaries and images (the Go build cache stays)
+	rm -rf $(CACHE) bin

@@ -1,0 +1,80 @@
+package cluster
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestDecode(t *testing.T) {
+	objs, err := decode("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 || objs[0].GetName() != "a" || objs[1].GetKind() != "Service" {
+		t.Fatalf("decode = %v; want ConfigMap a and Service b", objs)
+	}
+	for _, bad := range []string{"kind: ConfigMap\nmetadata: {name: a}\n", "apiVersion: v1\nkind: [\n"} {
+		if _, err := decode(bad); err == nil {
+			t.Errorf("decode(%q) succeeded; want an error", bad)
+		}
+	}
+}
+
+func TestPodProblem(t *testing.T) {
+	waiting := func(reason string) *corev1.Pod {
+		return &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"},
+			Status: corev1.PodStatus{ContainerStatuses: []corev1.ContainerStatus{{
+				Name:  "c",
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason, Message: "msg"}},
+			}}},
+		}
+	}
+	tests := []struct {
+		pod  *corev1.Pod
+		want string
+	}{
+		{waiting("ErrImageNeverPull"), "pod ns/p container c: ErrImageNeverPull: msg"},
+		{waiting("CrashLoopBackOff"), "pod ns/p container c: CrashLoopBackOff: msg"},
+		{waiting("ContainerCreating"), ""},
+		{&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"}, Status: corev1.PodStatus{Phase: corev1.PodFailed, Reason: "Evicted"}}, "pod ns/p failed: Evicted: "},
+	}
+	for _, tt := range tests {
+		if got := PodProblem(tt.pod); got != tt.want {
+			t.Errorf("PodProblem = %q; want %q", got, tt.want)
+		}
+	}
+}
+
+func TestMissingPrerequisitesAreNamed(t *testing.T) {
+	cfg, err := Config{BinDir: t.TempDir(), Images: []string{"/nonexistent/images.tar"}}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = checkPrerequisites(cfg)
+	if !errors.Is(err, ErrMissingPrerequisite) {
+		t.Fatalf("checkPrerequisites = %v; want ErrMissingPrerequisite", err)
+	}
+	for _, want := range []string{"kube-apiserver not found", "make tools", "cni/bridge", "image archive /nonexistent/images.tar not found; run `make images`"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not say %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	if _, err := (Config{Nodes: -1}).withDefaults(); err == nil {
+		t.Error("Nodes -1 accepted")
+	}
+	cfg, err := Config{BinDir: "/b", Images: []string{"/i.tar"}}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Nodes != 2 || cfg.PauseImage != DefaultPauseImage || cfg.StartTimeout == 0 || cfg.Logger == nil {
+		t.Errorf("defaults not applied: %+v", cfg)
+	}
+}
