@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -111,6 +112,10 @@ type Summary struct {
 	Errors     int            `json:"errors"`
 	ByPod      map[string]int `json:"byPod"`
 	FirstError string         `json:"firstError"`
+	Responses  []struct {
+		Pod        string `json:"pod"`
+		SourceAddr string `json:"sourceAddr"`
+	} `json:"responses"`
 }
 
 // Step reports one checked step of the scenario to a person watching (the demo) or a log.
@@ -155,9 +160,11 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 	}
 	step("DaemonSet ready", fmt.Sprintf("one pod on each of %s", strings.Join(agentNodes, ", ")))
 
-	if _, err := c.WaitForPods(ctx, ns, "app=client", 1, 2*time.Minute); err != nil {
+	clients, err := c.WaitForPods(ctx, ns, "app=client", 1, 2*time.Minute)
+	if err != nil {
 		return err
 	}
+	clientIP := clients[0].Status.PodIP
 	for _, e := range echoes {
 		s, err := RunClient(ctx, c, ns, "client", fmt.Sprintf("http://%s:8080/", e.Status.PodIP), 3)
 		if err != nil {
@@ -166,8 +173,28 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 		if s.ByPod[e.Name] != 3 {
 			return fmt.Errorf("requests to pod IP %s were answered by %v; want 3 by %s", e.Status.PodIP, s.ByPod, e.Name)
 		}
-		step("pod IP reachable", fmt.Sprintf("client on %s -> %s on %s: %d/%d answered by %s", client, e.Status.PodIP, e.Spec.NodeName, s.OK, s.Total, e.Name))
+		// Pod-to-pod traffic is not NATed, across nodes too: the server sees the client's IP.
+		seen, _, _ := net.SplitHostPort(s.Responses[0].SourceAddr)
+		if seen != clientIP {
+			return fmt.Errorf("%s saw the client as %s; want the client pod's IP %s (no NAT between pods)", e.Name, seen, clientIP)
+		}
+		step("pod IP reachable", fmt.Sprintf("client %s on %s -> %s on %s: %d/%d answered by %s, which saw source %s",
+			clientIP, client, e.Status.PodIP, e.Spec.NodeName, s.OK, s.Total, e.Name, seen))
 	}
+
+	// Pods reach the control plane through the kubernetes Service, verifying the apiserver's
+	// certificate with the CA every pod is given.
+	k8s, err := c.Client.CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("getting the kubernetes Service: %w", err)
+	}
+	apiURL := fmt.Sprintf("https://%s:443/version", k8s.Spec.ClusterIP)
+	out, _, err := c.Exec(ctx, ns, "client", "", "/usr/local/bin/echo", "client", "--url", apiURL,
+		"--cacert", "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", "--timeout", "5s")
+	if err != nil {
+		return fmt.Errorf("reaching the apiserver at %s from a pod: %w: %s", apiURL, err, out)
+	}
+	step("pods reach the apiserver through the kubernetes Service", fmt.Sprintf("GET %s from the client pod: TLS verified, 200", apiURL))
 
 	svc, err := c.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
 	if err != nil {
@@ -178,19 +205,19 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 	}
 	// kube-proxy programs a new endpoint a moment after the EndpointSlice shows it ready:
 	// keep sending until both replicas have answered.
+	// Until then it refuses connections to a Service it believes has no endpoints.
 	byPod := map[string]int{}
+	var lastErr error
 	err = c.Wait(ctx, 30*time.Second, "both replicas behind ClusterIP "+svc.Spec.ClusterIP, func(ctx context.Context) (bool, error) {
 		s, err := RunClient(ctx, c, ns, "client", fmt.Sprintf("http://%s:80/", svc.Spec.ClusterIP), 20)
-		if err != nil {
-			return false, err
-		}
+		lastErr = err
 		for pod, n := range s.ByPod {
 			byPod[pod] += n
 		}
-		return byPod[echoes[0].Name] > 0 && byPod[echoes[1].Name] > 0, nil
+		return err == nil && byPod[echoes[0].Name] > 0 && byPod[echoes[1].Name] > 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%w; answers so far: %v", err, byPod)
+		return fmt.Errorf("%w; answers so far: %v; last error: %v", err, byPod, lastErr)
 	}
 	step("Service ClusterIP balances over both replicas (kube-proxy)", fmt.Sprintf("%s:80 -> %v", svc.Spec.ClusterIP, byPod))
 
@@ -201,7 +228,7 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 	if !strings.Contains(logs, "8080") {
 		return fmt.Errorf("kubectl logs %s shows no listener line:\n%s", echoes[1].Name, logs)
 	}
-	out, err := c.Kubectl(ctx, "exec", "-n", ns, echoes[1].Name, "--",
+	out, err = c.Kubectl(ctx, "exec", "-n", ns, echoes[1].Name, "--",
 		"/usr/local/bin/echo", "client", "--url", "http://127.0.0.1:8080/", "--count", "1")
 	if err != nil {
 		return err

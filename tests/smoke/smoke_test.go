@@ -2,7 +2,9 @@ package smoke
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +28,38 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+
+	t.Run("capture sees cross-node plaintext", func(t *testing.T) {
+		// Without a mesh, a payload sent from node-1 to a pod on node-2 crosses the fabric in
+		// clear: the capture must find it (the mesh tests assert the opposite).
+		pods, err := c.WaitForPods(ctx, ns, "app=echo", 2, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var remote string
+		for _, p := range pods {
+			if p.Spec.NodeName != c.Nodes[0].Name {
+				remote = p.Status.PodIP
+			}
+		}
+		capture, err := c.CaptureFabric(filepath.Join(t.TempDir(), "fabric.pcap"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		marker := fmt.Sprintf("ambit-marker-%d", time.Now().UnixNano())
+		out, _, err := c.Exec(ctx, ns, "client", "", "/usr/local/bin/echo", "client",
+			"--url", "http://"+remote+":8080/", "--payload", marker)
+		path, stopErr := capture.Stop()
+		if err != nil || stopErr != nil {
+			t.Fatalf("sending the marker: %v, %v: %s", err, stopErr, out)
+		}
+		if !capture.Contains([]byte(marker)) {
+			t.Errorf("capture of %d bytes does not contain the marker %q", capture.Bytes(), marker)
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Size() <= 24 {
+			t.Errorf("pcap file %s: %v, %v; want a header and frames", path, fi, err)
+		}
+	})
 }
 
 // TestMissingImageFailsWithReason checks that a pod whose image is not on the node fails the

@@ -45,7 +45,8 @@ func parseClientFlags(args []string, stderr io.Writer) (echo.ClientConfig, error
 	cfg.Headers = http.Header{}
 	fs := flag.NewFlagSet("echo client", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.URL, "url", "", "target: http://host:port/path, grpc://host:port or tcp://host:port")
+	fs.StringVar(&cfg.URL, "url", "", "target: http(s)://host:port/path, grpc://host:port or tcp://host:port")
+	fs.StringVar(&cfg.CACert, "cacert", "", "PEM `file` of the CAs that https targets are verified against (default: the system's)")
 	fs.IntVar(&cfg.Count, "count", cfg.Count, "number of requests")
 	fs.StringVar(&cfg.Protocol, "protocol", "", "http, h2c, grpc or tcp (default from the URL scheme)")
 	fs.StringVar(&cfg.Host, "host", "", "Host header / :authority override")

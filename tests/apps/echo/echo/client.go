@@ -22,9 +22,13 @@ const (
 
 // ClientConfig says what [Run] sends.
 type ClientConfig struct {
-	// URL is http://host:port/path, grpc://host:port or tcp://host:port.
-	URL   string
-	Count int
+	// URL is http://host:port/path, https://host:port/path (HTTP/1.1 over TLS, e.g. to the
+	// apiserver), grpc://host:port or tcp://host:port.
+	URL string
+	// CACert is a PEM file of the CAs an https server is verified against; empty means the
+	// system's roots.
+	CACert string
+	Count  int
 	// Protocol is http (HTTP/1.1), h2c (HTTP/2 with prior knowledge), grpc
 	// or tcp. Empty means the URL scheme.
 	Protocol string
@@ -167,6 +171,9 @@ func newSender(cfg ClientConfig) (sender, error) {
 	}
 	want := map[string]string{ClientHTTP: "http", ClientH2C: "http", ClientGRPC: "grpc", ClientTCP: "tcp"}
 	protocol := cfg.Protocol
+	if u.Scheme == "https" && (protocol == "" || protocol == ClientHTTP) {
+		return newHTTPSSender(cfg)
+	}
 	if protocol == "" {
 		if _, ok := want[u.Scheme]; !ok || u.Scheme == ClientH2C {
 			return nil, fmt.Errorf("url %q: want scheme http, grpc or tcp", cfg.URL)

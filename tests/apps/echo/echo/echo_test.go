@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -406,5 +409,29 @@ func TestHealthz(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 || string(body) != "ok" {
 		t.Errorf("healthz = %d %q, want 200 \"ok\"", resp.StatusCode, body)
+	}
+}
+
+// TestHTTPS checks https targets (such as the apiserver through its Service) against a
+// given CA: verified with it, refused without it.
+func TestHTTPS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"major":"1"}`))
+	}))
+	defer srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.crt")
+	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Run(testContext(t), ClientConfig{URL: srv.URL + "/version", Count: 2, Timeout: 5 * time.Second, CACert: ca, NewConn: true})
+	if err != nil || sum.OK != 2 {
+		t.Errorf("with the CA: %+v, %v; want 2 ok", sum, err)
+	}
+	sum, err = Run(testContext(t), ClientConfig{URL: srv.URL, Count: 1, Timeout: 5 * time.Second})
+	if !errors.Is(err, ErrRequestsFailed) || !strings.Contains(sum.FirstError, "certificate") {
+		t.Errorf("without the CA: %+v, %v; want a certificate error", sum, err)
+	}
+	if _, err := Run(testContext(t), ClientConfig{URL: srv.URL, Count: 1, CACert: "/nonexistent"}); err == nil || !strings.Contains(err.Error(), "reading CA file") {
+		t.Errorf("missing CA file: %v; want an error naming it", err)
 	}
 }

@@ -2,11 +2,14 @@ package echo
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -14,15 +17,44 @@ import (
 type httpSender struct {
 	cfg    ClientConfig
 	h2c    bool
+	tls    *tls.Config  // set for https
 	client *http.Client // nil with NewConn
 }
 
 func newHTTPSender(h2c bool, cfg ClientConfig) *httpSender {
 	s := &httpSender{cfg: cfg, h2c: h2c}
 	if !cfg.NewConn {
-		s.client = newHTTPClient(h2c)
+		s.client = s.newClient()
 	}
 	return s
+}
+
+// newHTTPSSender sends HTTP/1.1 over TLS, verified against cfg.CACert or the system's roots.
+func newHTTPSSender(cfg ClientConfig) (*httpSender, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if cfg.CACert != "" {
+		pem, err := os.ReadFile(cfg.CACert)
+		if err != nil {
+			return nil, fmt.Errorf("reading CA file: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA file %s: no PEM certificate in it", cfg.CACert)
+		}
+	}
+	s := &httpSender{cfg: cfg, tls: tc}
+	if !cfg.NewConn {
+		s.client = s.newClient()
+	}
+	return s, nil
+}
+
+func (s *httpSender) newClient() *http.Client {
+	c := newHTTPClient(s.h2c)
+	if s.tls != nil {
+		c.Transport.(*http.Transport).TLSClientConfig = s.tls
+	}
+	return c
 }
 
 func newHTTPClient(h2c bool) *http.Client {
@@ -43,7 +75,7 @@ func newHTTPClient(h2c bool) *http.Client {
 func (s *httpSender) send(ctx context.Context) (Response, error) {
 	client := s.client
 	if client == nil {
-		client = newHTTPClient(s.h2c)
+		client = s.newClient()
 		defer client.CloseIdleConnections()
 	}
 	method, body := http.MethodGet, io.Reader(nil)
