@@ -247,7 +247,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	if err := c.waitReady(ctx); err != nil {
 		return err
 	}
-	log.Info("cluster ready", "cluster", c.Name, "nodes", len(c.Nodes), "elapsed", time.Since(began).Round(time.Millisecond))
+	u := c.Usage()
+	log.Info("cluster ready", "cluster", c.Name, "nodes", len(c.Nodes), "elapsed", time.Since(began).Round(time.Millisecond),
+		"processes", u.Processes, "pss_mib", u.PSSBytes>>20)
 	return nil
 }
 

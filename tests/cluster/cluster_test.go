@@ -78,3 +78,29 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
 }
+
+func TestSnapshotDiff(t *testing.T) {
+	before := Snapshot{
+		Mounts: []string{"/ 1"}, Links: []string{"lo"}, Routes: []string{"r1"}, Rules: []string{"rule1"},
+		Netfilter: map[string]string{"nft": "table inet a {}"}, Sysctls: map[string]string{"vm/overcommit_memory": "0"},
+	}
+	if d := before.Diff(before); len(d) != 0 {
+		t.Errorf("Diff of a snapshot with itself = %v; want none", d)
+	}
+	after := Snapshot{
+		Mounts: []string{"/ 1", "/var/lib/kubelet 7"}, Links: []string{"lo", "veth0"}, Routes: nil, Rules: []string{"rule1"},
+		Netfilter: map[string]string{"nft": "table inet a {}\ntable ip kube-proxy {}"}, Sysctls: map[string]string{"vm/overcommit_memory": "1"},
+	}
+	got := strings.Join(before.Diff(after), "\n")
+	for _, want := range []string{
+		"new mount in the root mount namespace: /var/lib/kubelet 7",
+		"new link in the root network namespace: veth0",
+		"missing route in the root network namespace: r1",
+		"nft output of the root network namespace changed",
+		"sysctl vm/overcommit_memory changed from 0 to 1",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("Diff does not report %q:\n%s", want, got)
+		}
+	}
+}

@@ -72,7 +72,8 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("smoke scenario: %w", err)
 	}
-	fmt.Fprintln(out, "\nEvery step above was checked, not only printed.")
+	u := c.Usage()
+	fmt.Fprintf(out, "\nEvery step above was checked, not only printed. The cluster runs %d processes using %d MiB (PSS).\n", u.Processes, u.PSSBytes>>20)
 	if cfg.teardown {
 		return nil
 	}
