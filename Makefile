@@ -18,7 +18,7 @@ RUNC_VERSION        := v1.3.6
 CNI_PLUGINS_VERSION := v1.9.1
 
 # Debian packages: runc's seccomp build, the programs the harness and the nodes run.
-APT_PACKAGES := libseccomp-dev pkg-config iptables nftables util-linux mount iproute2
+APT_PACKAGES := gcc libc6-dev libseccomp-dev pkg-config iptables nftables util-linux mount iproute2
 
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
@@ -31,9 +31,9 @@ K8S_LDFLAGS := -s -w \
 .PHONY: build test e2e unit bench demo generate lint images tools deps clean help
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
 
-build: ## build Ambit's binaries into bin/
+build: ## compile every package
 	$(GO) build ./...
 
 deps: ## install the Debian packages the build and the test cluster need
@@ -123,6 +123,18 @@ unit: ## run the tests that need no cluster
 
 e2e: tools images ## run the end-to-end tests in a real cluster (needs root)
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
+
+GOLANGCI_LINT_VERSION := v2.6.2
+
+$(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION):
+	@mkdir -p $(BIN)/lint
+	GOBIN=$(BIN)/lint $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(BIN)/lint/golangci-lint $@
+
+lint: $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) ## gofmt, go vet and golangci-lint (linters listed in .golangci.yml)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$< run ./...
 
 DEMO_FLAGS ?=
 

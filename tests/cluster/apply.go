@@ -86,7 +86,8 @@ func (a *applier) resource(obj *unstructured.Unstructured, namespace string) (dy
 	return a.dyn.Resource(m.Resource).Namespace(obj.GetNamespace()), nil
 }
 
-func (a *applier) apply(ctx context.Context, namespace, doc string) error {
+// each calls fn for every object of a multi-document YAML with the object's resource client.
+func (a *applier) each(namespace, doc string, fn func(dynamic.ResourceInterface, *unstructured.Unstructured) error) error {
 	objs, err := decode(doc)
 	if err != nil {
 		return err
@@ -96,6 +97,15 @@ func (a *applier) apply(ctx context.Context, namespace, doc string) error {
 		if err != nil {
 			return err
 		}
+		if err := fn(ri, obj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *applier) apply(ctx context.Context, namespace, doc string) error {
+	return a.each(namespace, doc, func(ri dynamic.ResourceInterface, obj *unstructured.Unstructured) error {
 		body, err := obj.MarshalJSON()
 		if err != nil {
 			return fmt.Errorf("encoding %s %s: %w", obj.GetKind(), obj.GetName(), err)
@@ -105,24 +115,16 @@ func (a *applier) apply(ctx context.Context, namespace, doc string) error {
 		if err != nil {
 			return fmt.Errorf("applying %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (a *applier) delete(ctx context.Context, namespace, doc string) error {
-	objs, err := decode(doc)
-	if err != nil {
-		return err
-	}
-	for _, obj := range objs {
-		ri, err := a.resource(obj, namespace)
-		if err != nil {
-			return err
-		}
-		err = ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
+	return a.each(namespace, doc, func(ri dynamic.ResourceInterface, obj *unstructured.Unstructured) error {
+		err := ri.Delete(ctx, obj.GetName(), metav1.DeleteOptions{})
 		if err != nil && !apierrors.IsNotFound(err) {
 			return fmt.Errorf("deleting %s %s/%s: %w", obj.GetKind(), obj.GetNamespace(), obj.GetName(), err)
 		}
-	}
-	return nil
+		return nil
+	})
 }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -115,6 +116,8 @@ type Cluster struct {
 
 	mu    sync.Mutex // guards procs
 	procs []*process
+
+	stopMu sync.Mutex // serializes Stop (tests, a signal handler and a watchdog may call it)
 }
 
 // Start brings up a cluster and returns once every node is Ready with its images imported and
@@ -256,6 +259,8 @@ func (c *Cluster) start(ctx context.Context) error {
 // Stop stops every process of the cluster and removes its namespaces, cgroups, mounts and
 // files. It is safe to call on a partly started cluster and more than once.
 func (c *Cluster) Stop(ctx context.Context) error {
+	c.stopMu.Lock()
+	defer c.stopMu.Unlock()
 	var errs []error
 	if c.relay != nil {
 		c.relay.close()
@@ -264,8 +269,9 @@ func (c *Cluster) Stop(ctx context.Context) error {
 	procs := c.procs
 	c.procs = nil
 	c.mu.Unlock()
-	// Kubelets first, so they do not restart what containerd is told to stop; then the rest
-	// in reverse start order.
+	// Reverse start order: kube-proxies and kubelets before containerd (so they do not
+	// restart what is being stopped), the control plane last. Containers and shims are not
+	// stopped one by one: destroying the cgroup tree kills them.
 	for i := len(procs) - 1; i >= 0; i-- {
 		procs[i].stop(5 * time.Second)
 	}
@@ -333,3 +339,14 @@ func (c *Cluster) NodeNetNS(name string) (*netns.Handle, error) {
 
 // BinDir is the directory of the pinned binaries the cluster runs (kubectl among them).
 func (c *Cluster) BinDir() string { return c.cfg.BinDir }
+
+// NodeCommand prepares a program to run on node name: in its network and mount namespaces and
+// its cgroup, as the node's own programs run (for example nft or ip to inspect the node).
+func (c *Cluster) NodeCommand(name, program string, args ...string) (*exec.Cmd, error) {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n.sb.command(program, args...), nil
+		}
+	}
+	return nil, fmt.Errorf("no node %q in cluster %s", name, c.Name)
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
@@ -69,7 +70,9 @@ func (r *relay) forward(down net.Conn) {
 		return
 	}
 	defer r.track(down, false)
-	up, err := r.fabric.DialContext(context.Background(), "tcp", r.target)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	up, err := r.fabric.DialContext(ctx, "tcp", r.target)
+	cancel()
 	if err != nil {
 		return
 	}

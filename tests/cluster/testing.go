@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -57,6 +58,16 @@ func RunTests(m *testing.M, cfg Config, shared **Cluster) int {
 		}
 	}()
 
+	// go test's -timeout ends the process with a panic that runs no cleanup: stop the cluster
+	// shortly before, so a hung test fails with the cluster already gone.
+	if d := testTimeout(); d > 0 {
+		watchdog := time.AfterFunc(d-d/10, func() {
+			fmt.Fprintf(os.Stderr, "cluster tests: -test.timeout %v nearly reached: stopping cluster %s\n", d, c.Name)
+			c.Stop(context.Background())
+		})
+		defer watchdog.Stop()
+	}
+
 	code := m.Run()
 	signal.Stop(sigs)
 	if err := c.Stop(context.Background()); err != nil {
@@ -76,6 +87,20 @@ func RunTests(m *testing.M, cfg Config, shared **Cluster) int {
 		fmt.Fprintf(os.Stderr, "cluster tests: cluster %s stopped; nothing left behind\n", c.Name)
 	}
 	return code
+}
+
+// testTimeout is the value of go test's -timeout flag (0 if none).
+func testTimeout() time.Duration {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	if f := flag.Lookup("test.timeout"); f != nil {
+		if g, ok := f.Value.(flag.Getter); ok {
+			d, _ := g.Get().(time.Duration)
+			return d
+		}
+	}
+	return 0
 }
 
 // Require skips a test when the package's cluster could not be started for lack of root.

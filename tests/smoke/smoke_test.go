@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/ambit-mesh/ambit/tests/cluster"
 )
 
@@ -94,5 +97,16 @@ spec:
 	}
 	if d := time.Since(began); d > 45*time.Second {
 		t.Errorf("the failure took %v to surface; want it as soon as the kubelet reports it", d)
+	}
+
+	if err := c.Delete(ctx, ns, pod); err != nil {
+		t.Fatal(err)
+	}
+	err = c.Wait(ctx, time.Minute, "pod ghost deleted", func(ctx context.Context) (bool, error) {
+		_, err := c.Client.CoreV1().Pods(ns).Get(ctx, "ghost", metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
