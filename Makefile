@@ -18,7 +18,8 @@ RUNC_VERSION        := v1.3.6
 CNI_PLUGINS_VERSION := v1.9.1
 
 # Debian packages: runc's seccomp build, the programs the harness and the nodes run.
-APT_PACKAGES := gcc libc6-dev libseccomp-dev pkg-config iptables nftables util-linux mount iproute2
+APT_PACKAGES := gcc libc6-dev libseccomp-dev pkg-config iptables nftables util-linux mount iproute2 \
+	protobuf-compiler libprotobuf-dev
 
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
@@ -28,10 +29,10 @@ K8S_LDFLAGS := -s -w \
 	-X k8s.io/client-go/pkg/version.gitMajor=1 \
 	-X k8s.io/client-go/pkg/version.gitMinor=34
 
-.PHONY: build test e2e unit bench demo generate lint images tools deps clean help
+.PHONY: build test e2e unit bench demo generate check-generate lint images tools deps clean help
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 build: ## compile every package
 	$(GO) build ./...
@@ -87,6 +88,40 @@ $(CNI_STAMP):
 		github.com/containernetworking/plugins/plugins/meta/portmap@$(CNI_PLUGINS_VERSION)
 	@rm -f $(BIN)/.cni-* && touch $@
 
+# Protobuf code generation for api/. protoc comes from Debian (libprotobuf-dev holds the
+# well-known .proto files it imports); the Go plugins are pinned and built into $(BIN)/proto.
+# Generated code is committed, so building Ambit needs none of this.
+PROTOC_VERSION             := 3.21.12
+PROTOC_GEN_GO_VERSION      := v1.36.10
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
+PROTOC_GEN_GO_STAMP        := $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION)
+PROTOC_GEN_GO_GRPC_STAMP   := $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+
+$(PROTOC_GEN_GO_STAMP):
+	@mkdir -p $(BIN)/proto
+	GOBIN=$(BIN)/proto $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@rm -f $(BIN)/.protoc-gen-go-v* && touch $@
+
+$(PROTOC_GEN_GO_GRPC_STAMP):
+	@mkdir -p $(BIN)/proto
+	GOBIN=$(BIN)/proto $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@rm -f $(BIN)/.protoc-gen-go-grpc-v* && touch $@
+
+
+generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate the Go code of api/**/*.proto
+	@have=$$(protoc --version); if [ "$$have" != "libprotoc $(PROTOC_VERSION)" ]; then \
+		echo "protoc: found \"$$have\", want libprotoc $(PROTOC_VERSION) (Debian bookworm protobuf-compiler)"; exit 1; fi
+	find api -name '*.pb.go' -delete
+	cd api && PATH="$(BIN)/proto:$$PATH" protoc --proto_path=. \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		$$(find . -name '*.proto' -printf '%P\n' | LC_ALL=C sort)
+
+check-generate: generate ## fail if the committed code in api/ is not what make generate produces
+	@out=$$(git status --porcelain api/); if [ -n "$$out" ]; then \
+		echo "api/ differs from the committed tree after make generate: run make generate and commit the result"; \
+		echo "$$out"; exit 1; fi
+
 # Images of Ambit's binaries and test apps, built without a Docker engine: a static Go binary
 # on an empty base, written as an archive that each test node's containerd imports.
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -111,7 +146,7 @@ TEST_FLAGS ?= -timeout 30m
 UNIT_PKGS   = $$($(GO) list ./... | grep -v -e /tests/smoke)
 E2E_PKGS    = ./tests/smoke/...
 
-test: tools images ## run every test (unit, race, end-to-end in a real cluster); needs root
+test: tools images check-generate ## run every test (unit, race, end-to-end in a real cluster); needs root
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$gofmt_out" ]; then echo "gofmt needed:"; echo "$$gofmt_out"; exit 1; fi
 	$(GO) vet ./...
