@@ -56,7 +56,9 @@ func NewIndex(cfg Config, out *store.Store) *Index {
 	}
 }
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 // pending collects what a change recomputes, emitted in one store update.
 type pending struct {
