@@ -143,8 +143,9 @@ images: ## build the image archives into .cache/images
 # Tests. Packages that start a test cluster run one at a time (-p 1): each cluster takes most
 # of a 2-core machine while it starts.
 TEST_FLAGS ?= -timeout 30m
-UNIT_PKGS   = $$($(GO) list ./... | grep -v -e /tests/smoke)
-E2E_PKGS    = ./tests/smoke/...
+E2E_DIRS    := tests/smoke tests/istiodlite
+E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
+UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS),-e /$(d)$$))
 
 test: tools images check-generate ## run every test (unit, race, end-to-end in a real cluster); needs root
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
