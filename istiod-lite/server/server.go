@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambit-mesh/ambit/istiod-lite/files"
 	"github.com/ambit-mesh/ambit/istiod-lite/kube"
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
 	"github.com/ambit-mesh/ambit/istiod-lite/xds"
@@ -29,6 +30,9 @@ import (
 type Config struct {
 	// Kubeconfig is the path of a kubeconfig; empty means the in-cluster configuration.
 	Kubeconfig string
+	// ConfigDir, when set, replaces Kubernetes: the objects are read from YAML files in it
+	// (file mode), re-read when they change.
+	ConfigDir string
 	// PlaintextAddr serves xDS and the CA without TLS, for local use (Istio's 15010).
 	PlaintextAddr string
 	// HTTPAddr serves /ready and /metrics.
@@ -64,24 +68,11 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	rc, err := restConfig(cfg.Kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	client, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, fmt.Errorf("creating Kubernetes client: %w", err)
-	}
 	ctx, cancel := context.WithCancel(ctx)
-	s := &Server{Store: store.NewStore(), cancel: cancel, errc: make(chan error, 2)}
+	s := &Server{Store: store.NewStore(), cancel: cancel, errc: make(chan error, 3)}
 	index := model.NewIndex(cfg.Model, s.Store)
-	if s.watcher, err = kube.NewWatcher(client, index, logger.With("component", "kube")); err != nil {
-		cancel()
-		return nil, err
-	}
-	if err := s.watcher.Run(ctx, cfg.SyncTimeout); err != nil {
-		cancel()
-		s.watcher.Shutdown()
+	if err := s.startSource(ctx, cfg, index, logger); err != nil {
+		s.Stop()
 		return nil, err
 	}
 
@@ -124,6 +115,34 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 	return s, nil
 }
 
+// startSource starts what feeds the model: the Kubernetes watcher, or the config directory.
+func (s *Server) startSource(ctx context.Context, cfg Config, index *model.Index, logger *slog.Logger) error {
+	if cfg.ConfigDir != "" {
+		src := files.NewSource(cfg.ConfigDir, index, logger.With("component", "files"))
+		if err := src.Load(); err != nil {
+			return fmt.Errorf("file mode: %w", err)
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			src.Run(ctx, time.Second)
+		}()
+		return nil
+	}
+	rc, err := restConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("creating Kubernetes client: %w", err)
+	}
+	if s.watcher, err = kube.NewWatcher(client, index, logger.With("component", "kube")); err != nil {
+		return err
+	}
+	return s.watcher.Run(ctx, cfg.SyncTimeout)
+}
+
 // Err returns a channel that reports a listener's failure.
 func (s *Server) Err() <-chan error { return s.errc }
 
@@ -139,7 +158,9 @@ func (s *Server) Stop() {
 		cancel()
 	}
 	s.wg.Wait()
-	s.watcher.Shutdown()
+	if s.watcher != nil {
+		s.watcher.Shutdown()
+	}
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
