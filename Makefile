@@ -149,6 +149,9 @@ images: ## build the image archives into .cache/images
 # of a 2-core machine while it starts.
 TEST_FLAGS ?= -timeout 30m
 E2E_DIRS    := tests/smoke tests/istiodlite
+# Fuzz targets (package:Func) that every test run exercises for FUZZ_TIME.
+FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy
+FUZZ_TIME    ?= 15s
 E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
 UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS),-e /$(d)$$))
 
@@ -157,6 +160,10 @@ test: tools images check-generate ## run every test (unit, race, end-to-end in a
 	if [ -n "$$gofmt_out" ]; then echo "gofmt needed:"; echo "$$gofmt_out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
+	@for f in $(FUZZ_TARGETS); do \
+		echo "fuzzing $$f for $(FUZZ_TIME)"; \
+		$(GO) test -run='^$$' -fuzz="^$${f#*:}$$" -fuzztime=$(FUZZ_TIME) ./$${f%%:*} || exit 1; \
+	done
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
 
 unit: ## run the tests that need no cluster

@@ -16,6 +16,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
+	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
 )
 
@@ -25,11 +28,14 @@ type Watcher struct {
 	index   *model.Index
 	log     *slog.Logger
 	factory informers.SharedInformerFactory
+	istio   istioinformers.SharedInformerFactory
+	status  *statusWriter
 	synced  []cache.InformerSynced
 }
 
-// NewWatcher prepares informers on client that update index; logger may be nil.
-func NewWatcher(client kubernetes.Interface, index *model.Index, logger *slog.Logger) (*Watcher, error) {
+// NewWatcher prepares informers on client that update index, and on istio (when not nil) for
+// the Istio security policies, whose status it writes; logger may be nil.
+func NewWatcher(client kubernetes.Interface, istio istioclient.Interface, index *model.Index, logger *slog.Logger) (*Watcher, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -51,6 +57,11 @@ func NewWatcher(client kubernetes.Interface, index *model.Index, logger *slog.Lo
 			return nil, fmt.Errorf("watching: %w", err)
 		}
 		w.synced = append(w.synced, reg.HasSynced)
+	}
+	if istio != nil {
+		if err := w.watchIstio(istio); err != nil {
+			return nil, err
+		}
 	}
 	return w, nil
 }
@@ -88,16 +99,25 @@ func (w *Watcher) handler(set func(any) error, del func(ns, name string) error) 
 // Run starts the informers and returns once they have synced; they stop when ctx ends.
 func (w *Watcher) Run(ctx context.Context, timeout time.Duration) error {
 	w.factory.Start(ctx.Done())
+	if w.istio != nil {
+		w.istio.Start(ctx.Done())
+		go w.status.run(ctx)
+	}
 	syncCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if !cache.WaitForCacheSync(syncCtx.Done(), w.synced...) {
-		return errors.New("the Kubernetes informers did not sync: is the API server reachable and are pods, services, endpointslices and nodes readable?")
+		return errors.New("the Kubernetes informers did not sync: is the API server reachable, are pods, services, endpointslices and nodes readable, and are the Istio CRDs (deploy/charts/base) installed?")
 	}
 	return nil
 }
 
 // Shutdown waits for the informers' goroutines after ctx has ended.
-func (w *Watcher) Shutdown() { w.factory.Shutdown() }
+func (w *Watcher) Shutdown() {
+	w.factory.Shutdown()
+	if w.istio != nil {
+		w.istio.Shutdown()
+	}
+}
 
 // trim drops what the model never reads, so that large clusters cost less memory.
 func trim(obj any) (any, error) {

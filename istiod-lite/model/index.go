@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -36,6 +37,10 @@ type Index struct {
 	podsByNode map[string]set
 	// policies are the workload-selector policies, for the Workloads' policy lists.
 	policies map[types.NamespacedName]selectorPolicy
+	// peerAuths are the PeerAuthentications; servedPeerAuth the Authorizations made of them.
+	peerAuths      map[types.NamespacedName]*securityv1.PeerAuthentication
+	servedPeerAuth map[string]struct{}
+	statusFn       func(PolicyStatus)
 }
 
 // selectorPolicy is what the Index needs of a policy that selects workloads by labels.
@@ -52,7 +57,8 @@ func NewIndex(cfg Config, out *store.Store) *Index {
 		pods: map[types.NamespacedName]*corev1.Pod{}, services: map[types.NamespacedName]*corev1.Service{},
 		nodes: map[string]*corev1.Node{}, slices: map[types.NamespacedName]*discoveryv1.EndpointSlice{},
 		members: map[types.NamespacedName]set{}, podsByNode: map[string]set{},
-		policies: map[types.NamespacedName]selectorPolicy{},
+		policies:  map[types.NamespacedName]selectorPolicy{},
+		peerAuths: map[types.NamespacedName]*securityv1.PeerAuthentication{}, servedPeerAuth: map[string]struct{}{},
 	}
 }
 
@@ -340,6 +346,7 @@ func (x *Index) policiesFor(p *corev1.Pod) []string {
 			out = append(out, k.Namespace+"/"+k.Name)
 		}
 	}
+	out = append(out, x.peerAuthKeysFor(p.Namespace, p.Labels)...)
 	slices.Sort(out)
 	return out
 }

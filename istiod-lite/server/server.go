@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -137,7 +138,11 @@ func (s *Server) startSource(ctx context.Context, cfg Config, index *model.Index
 	if err != nil {
 		return fmt.Errorf("creating Kubernetes client: %w", err)
 	}
-	if s.watcher, err = kube.NewWatcher(client, index, logger.With("component", "kube")); err != nil {
+	ic, err := istioclient.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("creating Istio client: %w", err)
+	}
+	if s.watcher, err = kube.NewWatcher(client, ic, index, logger.With("component", "kube")); err != nil {
 		return err
 	}
 	return s.watcher.Run(ctx, cfg.SyncTimeout)

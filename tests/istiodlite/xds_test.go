@@ -6,8 +6,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
 	"github.com/ambit-mesh/ambit/istiod-lite/server"
@@ -32,9 +35,40 @@ func TestMain(m *testing.M) {
 	os.Exit(cluster.RunTests(m, cluster.Config{Nodes: 2}, &c))
 }
 
+var crds sync.Once
+
+// installCRDs applies the Istio CRDs of deploy/charts/base once and waits until they serve.
+func installCRDs(t *testing.T) {
+	t.Helper()
+	var err error
+	crds.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		var root string
+		if root, err = cluster.ModuleRoot(); err != nil {
+			return
+		}
+		var b []byte
+		if b, err = os.ReadFile(filepath.Join(root, "deploy/charts/base/files/crd-all.gen.yaml")); err != nil {
+			return
+		}
+		if err = c.Apply(ctx, "", string(b)); err != nil {
+			return
+		}
+		err = c.Wait(ctx, time.Minute, "Istio CRDs served", func(ctx context.Context) (bool, error) {
+			_, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1")
+			return err == nil, nil
+		})
+	})
+	if err != nil {
+		t.Fatalf("installing the Istio CRDs: %v", err)
+	}
+}
+
 // startIstiod runs istiod-lite in the test process against the cluster.
 func startIstiod(t *testing.T) *server.Server {
 	t.Helper()
+	installCRDs(t)
 	cfg := server.DefaultConfig()
 	cfg.Kubeconfig = c.Kubeconfig
 	cfg.PlaintextAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
@@ -58,7 +92,8 @@ type xdsClient struct {
 
 type held struct {
 	version string
-	addr    *workload.Address
+	addr    *workload.Address       // for Address resources
+	authz   *security.Authorization // for Authorization resources
 }
 
 func dial(t *testing.T, addr, node string, initial map[string]string) *xdsClient {
@@ -91,7 +126,12 @@ func dial(t *testing.T, addr, node string, initial map[string]string) *xdsClient
 
 func (x *xdsClient) send(req *discovery.DeltaDiscoveryRequest) {
 	x.t.Helper()
-	req.Node, req.TypeUrl = x.node, model.AddressType
+	x.sendType(model.AddressType, req)
+}
+
+func (x *xdsClient) sendType(typeURL string, req *discovery.DeltaDiscoveryRequest) {
+	x.t.Helper()
+	req.Node, req.TypeUrl = x.node, typeURL
 	if err := x.stream.Send(req); err != nil {
 		x.t.Fatal(err)
 	}
@@ -106,16 +146,24 @@ func (x *xdsClient) next(timeout time.Duration) *discovery.DeltaDiscoveryRespons
 			x.t.Fatal("xDS stream closed")
 		}
 		for _, res := range r.Resources {
-			a := &workload.Address{}
-			if err := res.Resource.UnmarshalTo(a); err != nil {
+			h := held{version: res.Version}
+			var err error
+			if r.TypeUrl == model.AuthorizationType {
+				h.authz = &security.Authorization{}
+				err = res.Resource.UnmarshalTo(h.authz)
+			} else {
+				h.addr = &workload.Address{}
+				err = res.Resource.UnmarshalTo(h.addr)
+			}
+			if err != nil {
 				x.t.Fatalf("decoding %s: %v", res.Name, err)
 			}
-			x.state[res.Name] = held{res.Version, a}
+			x.state[res.Name] = h
 		}
 		for _, name := range r.RemovedResources {
 			delete(x.state, name)
 		}
-		x.send(&discovery.DeltaDiscoveryRequest{ResponseNonce: r.Nonce})
+		x.sendType(r.TypeUrl, &discovery.DeltaDiscoveryRequest{ResponseNonce: r.Nonce})
 		return r
 	case <-time.After(timeout):
 		return nil
