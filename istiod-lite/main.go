@@ -17,7 +17,7 @@ import (
 func main() {
 	cfg := server.DefaultConfig()
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file` (default: in-cluster configuration)")
-	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Pods, Services, EndpointSlices and Nodes from YAML files in `dir` instead of Kubernetes (file mode)")
+	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Pods, Services, EndpointSlices, Nodes and Istio security policies from YAML files in `dir` instead of Kubernetes (file mode)")
 	flag.StringVar(&cfg.PlaintextAddr, "xds-plaintext-addr", cfg.PlaintextAddr, "`address` of the plaintext xDS and CA listener")
 	flag.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`address` of the readiness and metrics listener")
 	flag.StringVar(&cfg.Model.ClusterID, "cluster-id", cfg.Model.ClusterID, "cluster name in workload UIDs")

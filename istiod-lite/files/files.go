@@ -16,8 +16,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	securityv1 "istio.io/client-go/pkg/apis/security/v1"
+	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -46,7 +49,19 @@ func NewSource(dir string, index *model.Index, logger *slog.Logger) *Source {
 	return &Source{dir: dir, index: index, log: logger, loaded: map[string]runtime.Object{}}
 }
 
-var decoder = serializer.NewCodecFactory(clientgoscheme.Scheme).UniversalDeserializer()
+// decoder reads the Kubernetes kinds and Istio's CRD kinds.
+var decoder = sync.OnceValues(func() (runtime.Decoder, error) {
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, istioscheme.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return nil, fmt.Errorf("building the file-mode scheme: %w", err)
+		}
+	}
+	return serializer.NewCodecFactory(scheme).UniversalDeserializer(), nil
+})
+
+// supportedKinds is said in errors about other kinds.
+const supportedKinds = "Pod, Service, EndpointSlice, Node, AuthorizationPolicy, PeerAuthentication"
 
 // Load reads the directory once and applies what changed since the last Load. A file that
 // cannot be parsed fails the whole Load and changes nothing, so a half-edited file never
@@ -102,6 +117,10 @@ func (s *Source) manifests() ([]string, error) {
 
 // decodeAll decodes the documents of one file into objs, keyed by kind/namespace/name.
 func decodeAll(path string, b []byte, objs map[string]runtime.Object) error {
+	dec, err := decoder()
+	if err != nil {
+		return err
+	}
 	r := yaml.NewYAMLReader(bufioReader(b))
 	for i := 1; ; i++ {
 		doc, err := r.Read()
@@ -114,13 +133,13 @@ func decodeAll(path string, b []byte, objs map[string]runtime.Object) error {
 		if len(bytes.TrimSpace(doc)) == 0 || bytes.Equal(bytes.TrimSpace(doc), []byte("---")) {
 			continue
 		}
-		obj, gvk, err := decoder.Decode(doc, nil, nil)
+		obj, gvk, err := dec.Decode(doc, nil, nil)
 		if err != nil {
-			return fmt.Errorf("%s: document %d: %w (supported kinds: Pod, Service, EndpointSlice, Node)", path, i, err)
+			return fmt.Errorf("%s: document %d: %w (supported kinds: %s)", path, i, err, supportedKinds)
 		}
 		id, ok := identity(obj)
 		if !ok {
-			return fmt.Errorf("%s: document %d: kind %s is not read in file mode (supported kinds: Pod, Service, EndpointSlice, Node)", path, i, gvk.Kind)
+			return fmt.Errorf("%s: document %d: kind %s is not read in file mode (supported kinds: %s)", path, i, gvk.Kind, supportedKinds)
 		}
 		if _, dup := objs[id]; dup {
 			return fmt.Errorf("%s: document %d: %s is defined twice", path, i, id)
@@ -143,6 +162,12 @@ func identity(obj runtime.Object) (string, bool) {
 		return "EndpointSlice/" + o.Namespace + "/" + o.Name, true
 	case *corev1.Node:
 		return "Node//" + o.Name, true
+	case *securityv1.AuthorizationPolicy:
+		defaultNamespace(&o.Namespace)
+		return "AuthorizationPolicy/" + o.Namespace + "/" + o.Name, true
+	case *securityv1.PeerAuthentication:
+		defaultNamespace(&o.Namespace)
+		return "PeerAuthentication/" + o.Namespace + "/" + o.Name, true
 	}
 	return "", false
 }
@@ -163,6 +188,10 @@ func (s *Source) apply(obj runtime.Object) error {
 		return s.index.SetEndpointSlice(o)
 	case *corev1.Node:
 		return s.index.SetNode(o)
+	case *securityv1.AuthorizationPolicy:
+		return s.index.SetAuthorizationPolicy(o)
+	case *securityv1.PeerAuthentication:
+		return s.index.SetPeerAuthentication(o)
 	}
 	return nil
 }
@@ -177,6 +206,10 @@ func (s *Source) remove(obj runtime.Object) error {
 		return s.index.DeleteEndpointSlice(o.Namespace, o.Name)
 	case *corev1.Node:
 		return s.index.DeleteNode(o.Name)
+	case *securityv1.AuthorizationPolicy:
+		return s.index.DeleteAuthorizationPolicy(o.Namespace, o.Name)
+	case *securityv1.PeerAuthentication:
+		return s.index.DeletePeerAuthentication(o.Namespace, o.Name)
 	}
 	return nil
 }

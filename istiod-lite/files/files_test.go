@@ -26,6 +26,13 @@ spec:
   selector: {app: cart}
   clusterIP: 10.96.3.3
   ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: cart-callers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: cart}}
+  rules: [{from: [{source: {namespaces: [shop]}}]}]
 `
 
 func write(t *testing.T, dir, name, content string) {
@@ -47,6 +54,9 @@ func TestLoadAndReload(t *testing.T) {
 	if _, ok := v["Kubernetes//Pod/shop/vm-1"]; !ok || len(v) != 2 {
 		t.Fatalf("after load the node's view holds %d resources; want vm-1 and the cart service", len(v))
 	}
+	if st.Len(model.AuthorizationType) != 1 {
+		t.Fatalf("after load the store holds %d authorizations; want the cart-callers policy", st.Len(model.AuthorizationType))
+	}
 
 	// A broken file fails the load and keeps the previous state.
 	write(t, dir, "broken.yaml", "apiVersion: v1\nkind: Pod\nmetadata: [\n")
@@ -66,11 +76,14 @@ func TestLoadAndReload(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx, 10*time.Millisecond) }()
-	write(t, dir, "shop.yaml", manifests[strings.Index(manifests, "---"):])
+	write(t, dir, "shop.yaml", manifests[strings.Index(manifests, "---"):strings.LastIndex(manifests, "---")])
 	deadline := time.Now().Add(5 * time.Second)
-	for st.Len(model.AddressType) != 1 {
+	for st.Len(model.AddressType) != 1 || st.Len(model.AuthorizationType) != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the edit was not picked up: store holds %d resources; want the service only", st.Len(model.AddressType))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the removed policy is still served")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
