@@ -153,7 +153,7 @@ E2E_DIRS    := tests/smoke tests/istiodlite
 FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy
 FUZZ_TIME    ?= 15s
 E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
-UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS),-e /$(d)$$))
+UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS) tests/bench,-e /$(d)$$))
 
 test: tools images check-generate ## run every test (unit, race, end-to-end in a real cluster); needs root
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -165,6 +165,11 @@ test: tools images check-generate ## run every test (unit, race, end-to-end in a
 		$(GO) test -run='^$$' -fuzz="^$${f#*:}$$" -fuzztime=$(FUZZ_TIME) ./$${f%%:*} || exit 1; \
 	done
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
+
+BENCH_PKGS := ./tests/bench
+
+bench: tools images ## run the benchmarks (needs root); figures are ratios against baselines of the same run
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
 
 unit: ## run the tests that need no cluster
 	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)

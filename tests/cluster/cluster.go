@@ -32,6 +32,9 @@ import (
 type Config struct {
 	// Nodes is the number of worker nodes (default 2).
 	Nodes int
+	// ControlPlaneOnly starts no worker node: the API server and controllers alone, for tests
+	// (such as scale benchmarks) that create Node and Pod objects with no kubelet behind them.
+	ControlPlaneOnly bool
 	// BinDir holds the pinned binaries that `make tools` builds (default: .cache/bin at the
 	// root of the Ambit module containing the working directory).
 	BinDir string
@@ -54,10 +57,13 @@ type Config struct {
 const DefaultPauseImage = "ambit.local/pause:dev"
 
 func (c Config) withDefaults() (Config, error) {
-	if c.Nodes == 0 {
+	switch {
+	case c.ControlPlaneOnly:
+		c.Nodes = 0
+	case c.Nodes == 0:
 		c.Nodes = 2
 	}
-	if c.Nodes < 1 || c.Nodes > 200 {
+	if !c.ControlPlaneOnly && (c.Nodes < 1 || c.Nodes > 200) {
 		return c, fmt.Errorf("nodes = %d: a test cluster has 1 to 200 nodes", c.Nodes)
 	}
 	if c.BinDir == "" || len(c.Images) == 0 {
@@ -68,7 +74,7 @@ func (c Config) withDefaults() (Config, error) {
 		if c.BinDir == "" {
 			c.BinDir = filepath.Join(root, ".cache", "bin")
 		}
-		if len(c.Images) == 0 {
+		if len(c.Images) == 0 && !c.ControlPlaneOnly {
 			dir := filepath.Join(root, ".cache", "images")
 			if c.Images, _ = filepath.Glob(filepath.Join(dir, "*.tar")); len(c.Images) == 0 {
 				return c, fmt.Errorf("%w: no image archives in %s; run `make images`", ErrMissingPrerequisite, dir)

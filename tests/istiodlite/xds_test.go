@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -35,32 +34,16 @@ func TestMain(m *testing.M) {
 	os.Exit(cluster.RunTests(m, cluster.Config{Nodes: 2}, &c))
 }
 
-var crds sync.Once
+var crds = sync.OnceValue(func() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return c.InstallIstioCRDs(ctx)
+})
 
-// installCRDs applies the Istio CRDs of deploy/charts/base once and waits until they serve.
+// installCRDs applies the Istio CRDs once per package.
 func installCRDs(t *testing.T) {
 	t.Helper()
-	var err error
-	crds.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		var root string
-		if root, err = cluster.ModuleRoot(); err != nil {
-			return
-		}
-		var b []byte
-		if b, err = os.ReadFile(filepath.Join(root, "deploy/charts/base/files/crd-all.gen.yaml")); err != nil {
-			return
-		}
-		if err = c.Apply(ctx, "", string(b)); err != nil {
-			return
-		}
-		err = c.Wait(ctx, time.Minute, "Istio CRDs served", func(ctx context.Context) (bool, error) {
-			_, err := c.Client.Discovery().ServerResourcesForGroupVersion("security.istio.io/v1")
-			return err == nil, nil
-		})
-	})
-	if err != nil {
+	if err := crds(); err != nil {
 		t.Fatalf("installing the Istio CRDs: %v", err)
 	}
 }
