@@ -97,8 +97,10 @@ func (s *Server) DeltaAggregatedResources(g grpc.BidiStreamingServer[discovery.D
 		}
 	}()
 	st := &stream{srv: s, grpc: g, log: s.log, subs: map[string]*subscription{}}
+	// changed is always taken before the views it guards are computed: a change that lands
+	// while a push is being computed closes it, and the next loop pushes again.
+	changed := s.store.Watch()
 	for {
-		changed := s.store.Watch()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -112,6 +114,7 @@ func (s *Server) DeltaAggregatedResources(g grpc.BidiStreamingServer[discovery.D
 				return err
 			}
 		case <-changed:
+			changed = s.store.Watch()
 			for typeURL := range st.subs {
 				if err := st.push(typeURL, nil, false); err != nil {
 					return err
