@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/ambit-mesh/ambit/istiod-lite/server"
@@ -19,6 +20,12 @@ func main() {
 	flag.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig `file` (default: in-cluster configuration)")
 	flag.StringVar(&cfg.ConfigDir, "config-dir", "", "read Pods, Services, EndpointSlices, Nodes and Istio security policies from YAML files in `dir` instead of Kubernetes (file mode)")
 	flag.StringVar(&cfg.PlaintextAddr, "xds-plaintext-addr", cfg.PlaintextAddr, "`address` of the plaintext xDS and CA listener")
+	flag.StringVar(&cfg.TLSAddr, "xds-tls-addr", cfg.TLSAddr, "`address` of the TLS xDS and CA listener")
+	flag.StringVar(&cfg.Namespace, "namespace", cfg.Namespace, "istiod-lite's `namespace` (holds the CA Secrets cacerts or istio-ca-secret)")
+	flag.Func("trusted-node-accounts", "comma-separated `ns/sa` list of node agents allowed to request certificates for pods on their node (default istio-system/ztunnel)", func(v string) error {
+		cfg.CA.TrustedNodeAccounts = strings.Split(v, ",")
+		return nil
+	})
 	flag.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "`address` of the readiness and metrics listener")
 	flag.StringVar(&cfg.Model.ClusterID, "cluster-id", cfg.Model.ClusterID, "cluster name in workload UIDs")
 	flag.StringVar(&cfg.Model.TrustDomain, "trust-domain", cfg.Model.TrustDomain, "SPIFFE trust domain")

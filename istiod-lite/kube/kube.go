@@ -96,6 +96,17 @@ func (w *Watcher) handler(set func(any) error, del func(ns, name string) error) 
 	}
 }
 
+// PodInformer is the shared pod informer, for components that index pods their own way (the
+// CA looks pods up by node). Use it before Run.
+func (w *Watcher) PodInformer() cache.SharedIndexInformer {
+	return w.factory.Core().V1().Pods().Informer()
+}
+
+// NamespaceInformer is the shared namespace informer. Use it before Run.
+func (w *Watcher) NamespaceInformer() cache.SharedIndexInformer {
+	return w.factory.Core().V1().Namespaces().Informer()
+}
+
 // Run starts the informers and returns once they have synced; they stop when ctx ends.
 func (w *Watcher) Run(ctx context.Context, timeout time.Duration) error {
 	w.factory.Start(ctx.Done())

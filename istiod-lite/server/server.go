@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,12 +15,14 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ambit-mesh/ambit/istiod-lite/ca"
 	"github.com/ambit-mesh/ambit/istiod-lite/files"
 	"github.com/ambit-mesh/ambit/istiod-lite/kube"
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
@@ -36,8 +39,17 @@ type Config struct {
 	ConfigDir string
 	// PlaintextAddr serves xDS and the CA without TLS, for local use (Istio's 15010).
 	PlaintextAddr string
+	// TLSAddr serves xDS and the CA over TLS with istiod-lite's own certificate (Istio's
+	// 15012); not served in file mode.
+	TLSAddr string
 	// HTTPAddr serves /ready and /metrics.
 	HTTPAddr string
+	// Namespace is istiod-lite's namespace, which holds the CA's Secrets.
+	Namespace string
+	// ServingDNSNames are the names in istiod-lite's serving certificate.
+	ServingDNSNames []string
+	// CA configures the certificate authority (its trust domain is Model.TrustDomain).
+	CA ca.Config
 	// Model is the mesh's naming.
 	Model model.Config
 	// SyncTimeout bounds the informers' initial sync.
@@ -46,18 +58,24 @@ type Config struct {
 
 // DefaultConfig returns the defaults: Istio's ports and naming.
 func DefaultConfig() Config {
-	return Config{PlaintextAddr: ":15010", HTTPAddr: ":15014", Model: model.DefaultConfig(), SyncTimeout: time.Minute}
+	return Config{PlaintextAddr: ":15010", TLSAddr: ":15012", HTTPAddr: ":15014", Namespace: "istio-system",
+		ServingDNSNames: []string{"istiod.istio-system.svc", "istiod-lite.istio-system.svc", "istiod.istio-system.svc.cluster.local"},
+		CA:              ca.DefaultConfig(), Model: model.DefaultConfig(), SyncTimeout: time.Minute}
 }
 
 // Server is a running istiod-lite.
 type Server struct {
 	// Store holds what is served (for tests and debug views).
 	Store *store.Store
-	// PlaintextAddr and HTTPAddr are the bound addresses.
-	PlaintextAddr, HTTPAddr string
+	// PlaintextAddr, TLSAddr and HTTPAddr are the bound addresses (TLSAddr is empty in file
+	// mode).
+	PlaintextAddr, TLSAddr, HTTPAddr string
 
 	cancel  context.CancelFunc
 	grpc    *grpc.Server
+	tls     *grpc.Server
+	ca      *ca.Server
+	serving *servingCert
 	http    *http.Server
 	watcher *kube.Watcher
 	wg      sync.WaitGroup
@@ -83,18 +101,31 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 		return nil, fmt.Errorf("listening for xDS on %s: %w", cfg.PlaintextAddr, err)
 	}
 	s.PlaintextAddr = plain.Addr().String()
-	s.grpc = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-	)
-	xds.NewServer(s.Store, logger.With("component", "xds")).Register(s.grpc)
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.grpc.Serve(plain); err != nil {
-			s.errc <- fmt.Errorf("serving xDS: %w", err)
+	}
+	xdsServer := xds.NewServer(s.Store, logger.With("component", "xds"))
+	s.grpc = grpc.NewServer(opts...)
+	xdsServer.Register(s.grpc)
+	if s.ca != nil {
+		s.ca.Register(s.grpc)
+	}
+	s.serve("xDS", func() error { return s.grpc.Serve(plain) })
+
+	if s.ca != nil {
+		tl, err := net.Listen("tcp", cfg.TLSAddr)
+		if err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("listening for TLS xDS on %s: %w", cfg.TLSAddr, err)
 		}
-	}()
+		s.TLSAddr = tl.Addr().String()
+		creds := credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.serving.get})
+		s.tls = grpc.NewServer(append(opts, grpc.Creds(creds))...)
+		xdsServer.Register(s.tls)
+		s.ca.Register(s.tls)
+		s.serve("TLS xDS", func() error { return s.tls.Serve(tl) })
+	}
 
 	hl, err := net.Listen("tcp", cfg.HTTPAddr)
 	if err != nil {
@@ -105,14 +136,8 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.errc <- fmt.Errorf("serving HTTP: %w", err)
-		}
-	}()
-	logger.Info("istiod-lite serving", "xds", s.PlaintextAddr, "http", s.HTTPAddr)
+	s.serve("HTTP", func() error { return s.http.Serve(hl) })
+	logger.Info("istiod-lite serving", "xds", s.PlaintextAddr, "tls", s.TLSAddr, "http", s.HTTPAddr)
 	return s, nil
 }
 
@@ -145,7 +170,21 @@ func (s *Server) startSource(ctx context.Context, cfg Config, index *model.Index
 	if s.watcher, err = kube.NewWatcher(client, ic, index, logger.With("component", "kube")); err != nil {
 		return err
 	}
+	if s.ca, s.serving, err = s.startCA(ctx, cfg, client, s.watcher, logger); err != nil {
+		return err
+	}
 	return s.watcher.Run(ctx, cfg.SyncTimeout)
+}
+
+// serve runs a listener's loop, reporting its failure on Err.
+func (s *Server) serve(what string, loop func() error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := loop(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.errc <- fmt.Errorf("serving %s: %w", what, err)
+		}
+	}()
 }
 
 // Err returns a channel that reports a listener's failure.
@@ -154,8 +193,10 @@ func (s *Server) Err() <-chan error { return s.errc }
 // Stop stops serving: open xDS streams end, informers stop.
 func (s *Server) Stop() {
 	s.cancel()
-	if s.grpc != nil {
-		s.grpc.Stop()
+	for _, g := range []*grpc.Server{s.grpc, s.tls} {
+		if g != nil {
+			g.Stop()
+		}
 	}
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

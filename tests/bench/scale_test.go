@@ -192,7 +192,8 @@ func startIstiod(ctx context.Context, b *testing.B) (addr string, pid int) {
 		b.Fatalf("building istiod-lite: %v\n%s", err, out)
 	}
 	xdsAddr, httpAddr := freeAddr(b), freeAddr(b)
-	cmd := exec.CommandContext(ctx, bin, "--kubeconfig", c.Kubeconfig, "--xds-plaintext-addr", xdsAddr, "--http-addr", httpAddr)
+	cmd := exec.CommandContext(ctx, bin, "--kubeconfig", c.Kubeconfig, "--xds-plaintext-addr", xdsAddr,
+		"--xds-tls-addr", freeAddr(b), "--http-addr", httpAddr)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
@@ -248,6 +249,9 @@ func BenchmarkScale(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := c.InstallIstioCRDs(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := c.CreateNamespace(ctx, "istio-system", nil); err != nil {
 		b.Fatal(err)
 	}
 	began := time.Now()

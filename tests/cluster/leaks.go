@@ -139,6 +139,11 @@ func (c *Cluster) Remains() []string {
 	var out []string
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	for _, p := range procs {
+		// A killed process whose parent has not collected it yet still names its old cgroup
+		// and namespace, but holds nothing else: its parent (init, for orphans) reaps it.
+		if zombie(p) {
+			continue
+		}
 		if ns, err := os.Readlink(p + "/ns/net"); err == nil && slices.Contains(c.netnsIDs, ns) {
 			out = append(out, fmt.Sprintf("process %s still in the cluster's network namespace %s", filepath.Base(p), ns))
 		}
@@ -157,4 +162,15 @@ func (c *Cluster) Remains() []string {
 		out = append(out, "directory "+c.dir+" still exists")
 	}
 	return out
+}
+
+// zombie reports whether the process at /proc/PID has exited and awaits its parent.
+func zombie(proc string) bool {
+	b, err := os.ReadFile(proc + "/stat")
+	if err != nil {
+		return true // gone
+	}
+	st := string(b)
+	i := strings.LastIndexByte(st, ')')
+	return i < 0 || i+2 >= len(st) || st[i+2] == 'Z' || st[i+2] == 'X'
 }

@@ -37,7 +37,11 @@ func TestMain(m *testing.M) {
 var crds = sync.OnceValue(func() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return c.InstallIstioCRDs(ctx)
+	if err := c.InstallIstioCRDs(ctx); err != nil {
+		return err
+	}
+	// istiod-lite's namespace, which holds its CA Secret.
+	return c.CreateNamespace(ctx, "istio-system", nil)
 })
 
 // installCRDs applies the Istio CRDs once per package.
