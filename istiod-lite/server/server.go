@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -106,6 +107,12 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	}
 	xdsServer := xds.NewServer(s.Store, logger.With("component", "xds"))
+	m, err := newMetrics(s, xdsServer)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	opts = append(opts, grpc.ChainUnaryInterceptor(m.caInterceptor))
 	s.grpc = grpc.NewServer(opts...)
 	xdsServer.Register(s.grpc)
 	if s.ca != nil {
@@ -135,6 +142,7 @@ func Start(ctx context.Context, cfg Config, logger *slog.Logger) (*Server, error
 	s.HTTPAddr = hl.Addr().String()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
+	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.serve("HTTP", func() error { return s.http.Serve(hl) })
 	logger.Info("istiod-lite serving", "xds", s.PlaintextAddr, "tls", s.TLSAddr, "http", s.HTTPAddr)

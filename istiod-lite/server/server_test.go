@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +73,18 @@ status: {phase: Running, podIP: 192.168.7.10}
 	}
 	if len(r.Resources) != 1 || r.Resources[0].Name != "Kubernetes//Pod/shop/vm-1" {
 		t.Errorf("file-mode client got %v; want the pod of its node", r.Resources)
+	}
+
+	// The client is still connected: the metrics count it.
+	resp, err = http.Get("http://" + s.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"pilot_xds 1", `istiod_lite_resources{type="address"} 1`, "pilot_xds_pushes 1"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
 	}
 }

@@ -31,6 +31,7 @@ type Server struct {
 	log     *slog.Logger
 	streams atomic.Int64
 	nonce   atomic.Uint64
+	pushes  atomic.Uint64
 }
 
 // NewServer returns a Server for store; logger may be nil.
@@ -45,6 +46,9 @@ func NewServer(st *store.Store, logger *slog.Logger) *Server {
 func (s *Server) Register(g *grpc.Server) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s)
 }
+
+// Pushes returns how many responses the server has sent.
+func (s *Server) Pushes() uint64 { return s.pushes.Load() }
 
 // Streams returns how many clients are connected.
 func (s *Server) Streams() int { return int(s.streams.Load()) }
@@ -230,6 +234,7 @@ func (st *stream) push(typeURL string, newNames []string, always bool) error {
 	if err := st.grpc.Send(resp); err != nil {
 		return fmt.Errorf("sending %s to %s: %w", typeURL, st.id, err)
 	}
+	st.srv.pushes.Add(1)
 	st.log.Debug("xds push", "type", typeURL, "resources", len(resp.Resources), "removed", len(resp.RemovedResources), "nonce", resp.Nonce)
 	return nil
 }

@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -193,6 +195,20 @@ func TestCAIssuesOnlyForPodsOnTheCallersNode(t *testing.T) {
 		st, _ := status.FromError(err)
 		if st.Code() != r.code || !strings.Contains(st.Message(), r.says) {
 			t.Errorf("%s: got %v %q; want %v mentioning %q", r.name, st.Code(), st.Message(), r.code, r.says)
+		}
+	}
+
+	// The outcomes are counted, with Istio's metric names where it has them.
+	resp2, err := http.Get("http://" + istiod.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	for _, want := range []string{"citadel_server_csr_count 5", "citadel_server_success_cert_issuance_count 1",
+		`istiod_lite_ca_refusals_total{code="PermissionDenied"} 2`, `istiod_lite_ca_refusals_total{code="InvalidArgument"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
 		}
 	}
 
