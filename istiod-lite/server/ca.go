@@ -39,7 +39,7 @@ func loadAuthority(ctx context.Context, client kubernetes.Interface, namespace, 
 		}
 		a, err := ca.NewFromPluginCerts(trustDomain, ca.PluginCertsFromSecretData(s.Data))
 		if err != nil {
-			return nil, fmt.Errorf("Secret %s/%s: %w", namespace, name, err)
+			return nil, fmt.Errorf("secret %s/%s: %w", namespace, name, err)
 		}
 		log.Info("CA loaded", "secret", namespace+"/"+name)
 		return a, nil

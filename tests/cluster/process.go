@@ -73,7 +73,7 @@ func (p *process) stop(grace time.Duration) {
 
 // failure describes an early exit of the process, quoting the end of its log.
 func (p *process) failure() error {
-	return fmt.Errorf("%s exited (%v); last lines of %s:\n%s", p.name, p.err, p.log, tail(p.log, 15))
+	return fmt.Errorf("%s exited (%w); last lines of %s:\n%s", p.name, p.err, p.log, tail(p.log, 15))
 }
 
 // tail returns the last n lines of a file, for error messages.

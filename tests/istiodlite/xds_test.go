@@ -4,7 +4,6 @@ package istiodlite
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -292,6 +291,6 @@ func awaitResponse(t *testing.T, x *xdsClient, match func(*discovery.DeltaDiscov
 			return r
 		}
 	}
-	t.Fatal(fmt.Sprintf("no matching response within 30s; client holds %v", x.names()))
+	t.Fatalf("no matching response within 30s; client holds %v", x.names())
 	return nil
 }

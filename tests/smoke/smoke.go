@@ -217,7 +217,10 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 		return err == nil && byPod[echoes[0].Name] > 0 && byPod[echoes[1].Name] > 0, nil
 	})
 	if err != nil {
-		return fmt.Errorf("%w; answers so far: %v; last error: %v", err, byPod, lastErr)
+		if lastErr != nil {
+			return fmt.Errorf("%w; answers so far: %v; last error: %w", err, byPod, lastErr)
+		}
+		return fmt.Errorf("%w; answers so far: %v", err, byPod)
 	}
 	step("Service ClusterIP balances over both replicas (kube-proxy)", fmt.Sprintf("%s:80 -> %v", svc.Spec.ClusterIP, byPod))
 
@@ -234,8 +237,11 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 		return err
 	}
 	var self Summary
-	if err := json.Unmarshal([]byte(out), &self); err != nil || self.ByPod[echoes[1].Name] != 1 {
-		return fmt.Errorf("kubectl exec of the echo client in %s answered %q (%v); want one answer from the pod itself", echoes[1].Name, out, err)
+	if err := json.Unmarshal([]byte(out), &self); err != nil {
+		return fmt.Errorf("kubectl exec of the echo client in %s answered %q: %w", echoes[1].Name, out, err)
+	}
+	if self.ByPod[echoes[1].Name] != 1 {
+		return fmt.Errorf("kubectl exec of the echo client in %s answered %q; want one answer from the pod itself", echoes[1].Name, out)
 	}
 	step("kubectl logs and exec work", fmt.Sprintf("logs of %s: %d bytes; exec inside it reached %v", echoes[1].Name, len(logs), self.ByPod))
 	return nil

@@ -244,7 +244,7 @@ func older(a, b *securityv1.PeerAuthentication) *securityv1.PeerAuthentication {
 	if a == nil {
 		return b
 	}
-	if c := a.CreationTimestamp.Time.Compare(b.CreationTimestamp.Time); c != 0 {
+	if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
 		if c < 0 {
 			return a
 		}
