@@ -1,0 +1,135 @@
+package xds
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/structpb"
+)
+
+// Resource types the client subscribes to.
+const (
+	AddressType       = "type.googleapis.com/istio.workload.Address"
+	AuthorizationType = "type.googleapis.com/istio.security.Authorization"
+)
+
+// NodeNameKey is the node metadata field that names the Kubernetes node; istiod-lite scopes the
+// wildcard subscription by it.
+const NodeNameKey = "NODE_NAME"
+
+// Config configures a Client.
+type Config struct {
+	// Address is istiod-lite's xDS address, host:port (15012 TLS, 15010 plaintext).
+	Address string
+	// Plaintext dials without TLS (15010, local use). Otherwise RootCAFile must name the PEM
+	// roots that verify the server, whose name is ServerName (default: Address's host).
+	Plaintext  bool
+	RootCAFile string
+	ServerName string
+	// TokenFile holds the bearer token (ztunnel's service-account token), sent as
+	// "authorization: Bearer <token>" on every stream. It is re-read on each connect, so a
+	// rotated token is picked up. Empty: no token.
+	TokenFile string
+
+	// PodIP, PodName, PodNamespace and NodeName identify this ztunnel: the node id is
+	// ztunnel~<ip>~<pod>.<ns>~<ns>.svc.cluster.local and NodeName goes into the metadata.
+	PodIP        string
+	PodName      string
+	PodNamespace string
+	NodeName     string
+
+	// InitialBackoff and MaxBackoff bound the delay between reconnects (defaults 500 ms, 30 s).
+	InitialBackoff time.Duration
+	MaxBackoff     time.Duration
+
+	// DialOptions are added to the gRPC dial (tests, keepalives).
+	DialOptions []grpc.DialOption
+	// Logger reports connects, disconnects and refused resources; nil: none.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.InitialBackoff <= 0 {
+		c.InitialBackoff = 500 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 30 * time.Second
+	}
+	if c.MaxBackoff < c.InitialBackoff {
+		c.MaxBackoff = c.InitialBackoff
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// NodeID returns the xDS node id of this ztunnel.
+func (c Config) NodeID() string {
+	return fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", c.PodIP, c.PodName, c.PodNamespace, c.PodNamespace)
+}
+
+func (c Config) node() *core.Node {
+	fields := map[string]*structpb.Value{}
+	if c.NodeName != "" {
+		fields[NodeNameKey] = structpb.NewStringValue(c.NodeName)
+	}
+	if c.PodNamespace != "" {
+		fields["NAMESPACE"] = structpb.NewStringValue(c.PodNamespace)
+	}
+	if c.PodName != "" {
+		fields["NAME"] = structpb.NewStringValue(c.PodName)
+	}
+	return &core.Node{Id: c.NodeID(), Metadata: &structpb.Struct{Fields: fields}}
+}
+
+func (c Config) transport() (grpc.DialOption, error) {
+	if c.Plaintext {
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
+	if c.RootCAFile == "" {
+		return nil, errors.New("xds config: no RootCAFile; set the CA roots that verify istiod-lite, or Plaintext for port 15010")
+	}
+	pemBytes, err := os.ReadFile(c.RootCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("reading xds root CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		return nil, fmt.Errorf("xds root CA %s: no PEM certificate in it", c.RootCAFile)
+	}
+	name := c.ServerName
+	if name == "" {
+		if host, _, err := net.SplitHostPort(c.Address); err == nil {
+			name = host
+		}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12})), nil
+}
+
+// token reads the bearer token, "" when none is configured.
+func (c Config) token() (string, error) {
+	if c.TokenFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(c.TokenFile)
+	if err != nil {
+		return "", fmt.Errorf("reading xds token: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("xds token file %s is empty", c.TokenFile)
+	}
+	return t, nil
+}
