@@ -1,0 +1,268 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// value returns the counter name{labels} from g, and whether it exists.
+func value(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue metric
+				}
+			}
+			return m.GetCounter().GetValue(), true
+		}
+	}
+	return 0, false
+}
+
+var fullLabels = Labels{
+	Reporter:                     ReporterDestination,
+	SourceWorkload:               "productpage-v1",
+	SourceCanonicalService:       "productpage",
+	SourceCanonicalRevision:      "v1",
+	SourceWorkloadNamespace:      "default",
+	SourcePrincipal:              "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
+	SourceApp:                    "productpage",
+	SourceVersion:                "v1",
+	SourceCluster:                "Kubernetes",
+	DestinationService:           "reviews.default.svc.cluster.local",
+	DestinationServiceNamespace:  "default",
+	DestinationServiceName:       "reviews",
+	DestinationWorkload:          "reviews-v2",
+	DestinationCanonicalService:  "reviews",
+	DestinationCanonicalRevision: "v2",
+	DestinationWorkloadNamespace: "default",
+	DestinationPrincipal:         "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+	DestinationApp:               "reviews",
+	DestinationVersion:           "v2",
+	DestinationCluster:           "Kubernetes",
+	ConnectionSecurityPolicy:     SecurityMutualTLS,
+}
+
+func TestLabels(t *testing.T) {
+	tests := []struct {
+		name   string
+		labels Labels
+		want   map[string]string
+	}{
+		{
+			name:   "empty values are unknown",
+			labels: Labels{},
+			want: map[string]string{
+				"reporter": "unknown", "source_workload": "unknown", "source_principal": "unknown",
+				"destination_service": "unknown", "destination_workload": "unknown", "destination_cluster": "unknown",
+				"request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "unknown",
+			},
+		},
+		{
+			name:   "all set",
+			labels: fullLabels,
+			want: map[string]string{
+				"reporter": "destination", "source_workload": "productpage-v1", "source_canonical_service": "productpage",
+				"source_canonical_revision": "v1", "source_workload_namespace": "default",
+				"source_principal": "spiffe://cluster.local/ns/default/sa/bookinfo-productpage", "source_app": "productpage",
+				"source_version": "v1", "source_cluster": "Kubernetes",
+				"destination_service": "reviews.default.svc.cluster.local", "destination_service_namespace": "default",
+				"destination_service_name": "reviews", "destination_workload": "reviews-v2",
+				"destination_canonical_service": "reviews", "destination_canonical_revision": "v2",
+				"destination_workload_namespace": "default", "destination_principal": "spiffe://cluster.local/ns/default/sa/bookinfo-reviews",
+				"destination_app": "reviews", "destination_version": "v2", "destination_cluster": "Kubernetes",
+				"request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "mutual_tls",
+			},
+		},
+		{
+			name:   "plaintext with flags",
+			labels: Labels{Reporter: ReporterSource, ConnectionSecurityPolicy: SecurityNone, ResponseFlags: "UF"},
+			want:   map[string]string{"reporter": "source", "connection_security_policy": "none", "response_flags": "UF"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := New()
+			m.Open(tt.labels).Close()
+			for _, name := range []string{"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"} {
+				got, ok := value(t, m.Gatherer(), name, tt.want)
+				if !ok || got != 1 {
+					t.Errorf("%s%v: got %v (found %v), want 1", name, tt.want, got, ok)
+				}
+			}
+			mfs, err := m.Gatherer().Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, mf := range mfs {
+				if mf.GetName() == "istio_tcp_connections_opened_total" {
+					if got := len(mf.GetMetric()[0].GetLabel()); got != len(labelNames) {
+						t.Errorf("label count: got %d, want %d", got, len(labelNames))
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestBytes(t *testing.T) {
+	m := New()
+	sent := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_sent_bytes_total", nil); return v }
+	recv := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_received_bytes_total", nil); return v }
+	closed := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_connections_closed_total", nil); return v }
+
+	c := m.Open(fullLabels)
+	c.AddSent(100)
+	c.AddReceived(7)
+	c.AddSent(-1) // ignored
+	steps := []struct {
+		name                   string
+		do                     func()
+		wantSent, wantReceived float64
+		wantClosed             float64
+	}{
+		{name: "scrape flushes an open connection", do: func() {}, wantSent: 100, wantReceived: 7},
+		{name: "scrape again adds only the delta", do: func() { c.AddSent(50) }, wantSent: 150, wantReceived: 7},
+		{name: "close flushes the rest", do: func() { c.AddReceived(3); c.Close() }, wantSent: 150, wantReceived: 10, wantClosed: 1},
+		{name: "close twice counts once", do: func() { c.Close() }, wantSent: 150, wantReceived: 10, wantClosed: 1},
+		{name: "bytes after close are not reported", do: func() { c.AddSent(1000) }, wantSent: 150, wantReceived: 10, wantClosed: 1},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := sent(); got != s.wantSent {
+			t.Errorf("%s: sent got %v, want %v", s.name, got, s.wantSent)
+		}
+		if got := recv(); got != s.wantReceived {
+			t.Errorf("%s: received got %v, want %v", s.name, got, s.wantReceived)
+		}
+		if got := closed(); got != s.wantClosed {
+			t.Errorf("%s: closed got %v, want %v", s.name, got, s.wantClosed)
+		}
+	}
+	if c.Duration() <= 0 || c.Duration() != c.Duration() {
+		t.Errorf("Duration after close: got %v then %v, want a fixed positive value", c.Duration(), c.Duration())
+	}
+	if len(m.live) != 0 {
+		t.Errorf("live connections after close: got %d, want 0", len(m.live))
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	m := New()
+	const conns, writes = 8, 1000
+	var wg sync.WaitGroup
+	for range conns {
+		wg.Go(func() {
+			c := m.Open(fullLabels)
+			var inner sync.WaitGroup
+			inner.Go(func() {
+				for range writes {
+					c.AddSent(1)
+				}
+			})
+			inner.Go(func() {
+				for range writes {
+					c.AddReceived(2)
+				}
+			})
+			inner.Wait()
+			c.Close()
+		})
+	}
+	wg.Go(func() {
+		for range 20 {
+			m.Flush()
+		}
+	})
+	wg.Wait()
+	for _, tt := range []struct {
+		name string
+		want float64
+	}{
+		{"istio_tcp_sent_bytes_total", conns * writes},
+		{"istio_tcp_received_bytes_total", 2 * conns * writes},
+		{"istio_tcp_connections_opened_total", conns},
+		{"istio_tcp_connections_closed_total", conns},
+	} {
+		if got, _ := value(t, m.Gatherer(), tt.name, nil); got != tt.want {
+			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestNil(t *testing.T) {
+	var m *Metrics
+	c := m.Open(fullLabels)
+	c.AddSent(1)
+	c.AddReceived(1)
+	c.Close()
+	if c.Sent() != 0 || c.Received() != 0 || c.Duration() != 0 || c.Labels() != (Labels{}) {
+		t.Errorf("nil Conn: got non-zero values")
+	}
+}
+
+func TestHandler(t *testing.T) {
+	m := New()
+	c := m.Open(fullLabels)
+	c.AddSent(42)
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`istio_tcp_sent_bytes_total{connection_security_policy="mutual_tls",destination_app="reviews",`,
+		`reporter="destination",request_protocol="tcp",response_flags="-",source_app="productpage",source_canonical_revision="v1",source_canonical_service="productpage",source_cluster="Kubernetes",source_principal="spiffe://cluster.local/ns/default/sa/bookinfo-productpage",source_version="v1",source_workload="productpage-v1",source_workload_namespace="default"} 42`,
+		"istio_tcp_connections_opened_total{",
+		"go_goroutines ",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("exposition: missing %q", want)
+		}
+	}
+	c.Close()
+}
+
+func BenchmarkAddSent(b *testing.B) {
+	m := New()
+	c := m.Open(fullLabels)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c.AddSent(1500)
+		}
+	})
+	c.Close()
+}
+
+func BenchmarkOpenClose(b *testing.B) {
+	m := New()
+	for b.Loop() {
+		m.Open(fullLabels).Close()
+	}
+}
