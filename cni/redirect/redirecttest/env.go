@@ -1,0 +1,176 @@
+package redirecttest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
+)
+
+// Addresses of the test topology: the pod and its peer share a /24 over a veth pair; the
+// peer also owns the probe source address, and ClientIP is a remote client that ztunnel
+// impersonates for spoofed inbound delivery.
+const (
+	PodIP    = "10.77.0.2"
+	PeerIP   = "10.77.0.1"
+	ClientIP = "10.77.5.5"
+	AppPort  = 8080 // the pod's app listens here on all addresses
+	PeerPort = 80   // the peer's server
+	PodLink  = "eth0"
+)
+
+// ns is a network namespace held open by a sleeping process.
+type ns struct {
+	path string
+	h    *netns.Handle
+}
+
+var seq atomic.Int64
+
+// newNS starts `unshare --net sleep infinity` and waits until it sits in its own namespace.
+func newNS(t testing.TB) *ns {
+	t.Helper()
+	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting namespace holder: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
+	self, _ := os.Readlink("/proc/self/ns/net")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if l, err := os.Readlink(path); err == nil && l != self {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("namespace holder never entered its own network namespace")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h, err := netns.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return &ns{path: path, h: h}
+}
+
+// run runs a command inside the namespace and returns its combined output.
+func (n *ns) run(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=" + n.path}, args...)...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func (n *ns) mustRun(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := n.run(args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// env is one pod netns and its peer, plus a cgroup for the pod's client processes.
+type env struct {
+	pod, peer *ns
+	cgroup    string // absolute cgroup v2 directory
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: the redirection contract test needs root (CI runs as root)")
+	}
+	e := &env{pod: newNS(t), peer: newNS(t)}
+	peerPid := strings.TrimSuffix(strings.TrimPrefix(e.peer.path, "/proc/"), "/ns/net")
+	e.pod.mustRun(t, "ip", "link", "add", PodLink, "type", "veth", "peer", "name", "peer0", "netns", peerPid)
+	// No IPv6 link-local addresses: they appear when DAD ends, which would make the
+	// before/after snapshots differ.
+	e.pod.mustRun(t, "ip", "link", "set", PodLink, "addrgenmode", "none")
+	e.peer.mustRun(t, "ip", "link", "set", "peer0", "addrgenmode", "none")
+	e.pod.mustRun(t, "ip", "link", "set", "lo", "up")
+	e.pod.mustRun(t, "ip", "link", "set", PodLink, "up")
+	e.pod.mustRun(t, "ip", "addr", "add", PodIP+"/24", "dev", PodLink)
+	e.pod.mustRun(t, "ip", "route", "add", "default", "via", PeerIP)
+	e.peer.mustRun(t, "ip", "link", "set", "lo", "up")
+	e.peer.mustRun(t, "ip", "link", "set", "peer0", "up")
+	e.peer.mustRun(t, "ip", "addr", "add", PeerIP+"/24", "dev", "peer0")
+	e.peer.mustRun(t, "ip", "addr", "add", "169.254.7.127/32", "dev", "peer0")
+
+	e.cgroup = newCgroup(t)
+	return e
+}
+
+// newCgroup makes a cgroup v2 child of this process's own cgroup for the pod's processes
+// (a cgroup-based backend attaches there) and removes it at the end.
+func newCgroup(t *testing.T) string {
+	t.Helper()
+	const root = "/sys/fs/cgroup/unified"
+	own := "/"
+	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, "0::"); ok {
+				own = rest
+			}
+		}
+	}
+	dir := filepath.Join(root, own, fmt.Sprintf("ambit-redirecttest-%d-%d", os.Getpid(), seq.Add(1)))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatalf("creating the pod's cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		// The pod's processes have exited by now (each podRun waits); rmdir may still race
+		// with the kernel noticing, so retry briefly.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			err := os.Remove(dir)
+			if err == nil || os.IsNotExist(err) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("removing cgroup %s: %v", dir, err)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	return dir
+}
+
+// podRun runs a bash script as a process of the pod: inside its netns and its cgroup.
+func (e *env) podRun(ctx context.Context, script string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	// The shell joins the cgroup before it execs anything, so every socket it makes is the pod's.
+	cmd := exec.CommandContext(ctx, "sh", "-c",
+		`echo $$ > "$1/cgroup.procs" && exec nsenter --net="$2" timeout 5 bash -c "$3"`,
+		"sh", e.cgroup, e.pod.path, script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("pod script %q: %w: %s", script, err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// podTCP connects from a pod process to addr and returns the first line the server sends.
+func (e *env) podTCP(ctx context.Context, host string, port int) (string, error) {
+	return e.podRun(ctx, fmt.Sprintf(`exec 3<>/dev/tcp/%s/%d && read -r line <&3 && echo "$line"`, host, port))
+}
+
+// podUDP sends a datagram from a pod process to addr and returns the reply. (bash's read
+// builtin reads one byte at a time, which would discard the rest of the datagram; head reads
+// it whole.)
+func (e *env) podUDP(ctx context.Context, host string, port int) (string, error) {
+	return e.podRun(ctx, fmt.Sprintf(`exec 3<>/dev/udp/%s/%d && echo q >&3 && head -n1 <&3`, host, port))
+}
