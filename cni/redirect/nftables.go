@@ -201,4 +201,3 @@ func removeRouting(nl *netlink.Handle) error {
 }
 
 var _ Backend = (*NFTables)(nil)
-
