@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,6 +70,12 @@ type Client struct {
 	syncedc chan struct{} // closed once both types had a first response
 
 	connects int // how many streams were established, for tests and status
+	// probes are outstanding sync probes (see Subscribe), closed when the server removes them.
+	probes   map[string]chan struct{}
+	probeSeq uint64
+	// awaitFirst is set until the first Address response of the current stream: it answers
+	// every name the stream's first request subscribed to.
+	awaitFirst bool
 }
 
 // lookup is one name subscribed on demand.
@@ -103,6 +110,7 @@ func New(cfg Config, sink Sink) (*Client, error) {
 		aliases:   map[string]string{},
 		aliasesOf: map[string][]string{},
 		names:     map[string]*lookup{},
+		probes:    map[string]chan struct{}{},
 		synced:    map[string]bool{},
 		syncedc:   make(chan struct{}),
 	}, nil
@@ -237,6 +245,7 @@ func (c *Client) start(st *stream) error {
 	}
 	c.stream = st
 	c.connects++
+	c.awaitFirst = true
 	return nil
 }
 
@@ -266,9 +275,15 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 		problems = append(problems, fmt.Sprintf("type %s is not one this client subscribes to", typeURL))
 		set = nil
 	}
+	removed := make([]string, 0, len(resp.GetRemovedResources()))
+	for _, name := range resp.GetRemovedResources() {
+		if !strings.HasPrefix(name, probePrefix) {
+			removed = append(removed, name)
+		}
+	}
 	var sinkErr error
-	if c.versions[typeURL] != nil && (len(set) > 0 || len(resp.GetRemovedResources()) > 0) {
-		sinkErr = c.sink.Update(typeURL, set, resp.GetRemovedResources())
+	if c.versions[typeURL] != nil && (len(set) > 0 || len(removed) > 0) {
+		sinkErr = c.sink.Update(typeURL, set, removed)
 	}
 	if sinkErr != nil {
 		problems = append(problems, sinkErr.Error())
@@ -350,8 +365,18 @@ func (c *Client) record(typeURL string, set []Resource, removed []string, accept
 		}
 	}
 	if typeURL == AddressType {
+		if c.awaitFirst {
+			c.awaitFirst = false
+			for name := range c.names {
+				c.answer(name)
+			}
+		}
 		for _, name := range removed {
 			c.answer(name)
+			if p := c.probes[name]; p != nil {
+				close(p)
+				delete(c.probes, name)
+			}
 		}
 		for _, r := range set {
 			c.answer(r.Name)
@@ -393,11 +418,9 @@ func (c *Client) known(name string) bool {
 	return ok
 }
 
-// Lookup asks the server for an Address by name (a workload UID, a Service key, or an alias
-// "<network>/<ip>") and waits until it has answered: found reports whether the resource exists
-// (and has been applied to the Sink). A name already held, or already answered as absent while
-// subscribed, is answered at once from what the client holds. It returns ctx's error when ctx
-// ends first, and ErrClosed once Run has returned.
+// Lookup returns whether an Address is known by name (a workload UID, a Service key, or an
+// alias "<network>/<ip>"): at once when the client holds it, else after asking the server (see
+// Subscribe).
 func (c *Client) Lookup(ctx context.Context, name string) (found bool, err error) {
 	c.mu.Lock()
 	if c.closed {
@@ -408,27 +431,69 @@ func (c *Client) Lookup(ctx context.Context, name string) (found bool, err error
 		c.mu.Unlock()
 		return true, nil
 	}
+	c.mu.Unlock()
+	return c.Subscribe(ctx, name)
+}
+
+// Subscribe subscribes to an Address by name, even one the client holds already (a Service
+// subscribed by name brings the workloads behind it), and waits until the server has answered:
+// found reports whether the resource exists (and has been applied to the Sink, with what it
+// brings). The name stays subscribed, across reconnects: a second call is answered at once from
+// what the client holds. It returns ctx's error when ctx ends first, and ErrClosed once Run has
+// returned.
+func (c *Client) Subscribe(ctx context.Context, name string) (found bool, err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false, ErrClosed
+	}
 	l := c.names[name]
-	var st *stream
+	if l != nil && l.answered {
+		defer c.mu.Unlock()
+		return c.known(name), nil
+	}
 	if l == nil {
 		l = &lookup{done: make(chan struct{})}
 		c.names[name] = l
-		st = c.stream // nil: the next stream's first request carries the name
+	}
+	// Without a stream, the next stream's first request carries the name and its first
+	// response answers it. On a stream, a probe (a name that cannot exist) goes with it: the
+	// server answers the probe with a removal in the same response that brings what the name
+	// adds, and sends nothing for a name whose resources the client holds already.
+	st := c.stream
+	var probe string
+	var probed chan struct{}
+	if st != nil {
+		c.probeSeq++
+		probe = fmt.Sprintf("%s%d", probePrefix, c.probeSeq)
+		probed = make(chan struct{})
+		c.probes[probe] = probed
 	}
 	c.mu.Unlock()
 	if st != nil {
 		// A failed send ends the stream; the next one subscribes again.
-		_ = st.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressType, ResourceNamesSubscribe: []string{name}})
+		_ = st.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressType, ResourceNamesSubscribe: []string{name, probe}})
+		defer func() {
+			c.mu.Lock()
+			delete(c.probes, probe)
+			c.mu.Unlock()
+			_ = st.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressType, ResourceNamesUnsubscribe: []string{probe}})
+		}()
 	}
 	select {
 	case <-l.done:
+	case <-probed: // nil without a stream: never ready
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.answer(name)
 	if c.closed && !c.known(name) {
 		return false, ErrClosed
 	}
 	return c.known(name), nil
 }
+
+// probePrefix starts the names of probes: no workload UID, Service key or alias has this form.
+const probePrefix = "ambit.ztunnel/sync-probe/"

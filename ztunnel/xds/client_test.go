@@ -90,6 +90,38 @@ func (f *fakeStream) next(t *testing.T) *discovery.DeltaDiscoveryRequest {
 	return nil
 }
 
+// nextSubscribe returns the next request that subscribes to names, skipping ACKs and
+// unsubscriptions.
+func (f *fakeStream) nextSubscribe(t *testing.T) *discovery.DeltaDiscoveryRequest {
+	t.Helper()
+	for {
+		if r := f.next(t); len(r.GetResourceNamesSubscribe()) > 0 {
+			return r
+		}
+	}
+}
+
+// nextAck returns the next acknowledgement, skipping unsubscriptions.
+func (f *fakeStream) nextAck(t *testing.T) *discovery.DeltaDiscoveryRequest {
+	t.Helper()
+	for {
+		if r := f.next(t); r.GetResponseNonce() != "" {
+			return r
+		}
+	}
+}
+
+// probeOf returns the sync probe a subscription carries besides name, failing if it is not
+// exactly [name, probe].
+func probeOf(t *testing.T, r *discovery.DeltaDiscoveryRequest, name string) string {
+	t.Helper()
+	got := r.GetResourceNamesSubscribe()
+	if len(got) != 2 || got[0] != name || !strings.HasPrefix(got[1], probePrefix) || r.GetTypeUrl() != AddressType {
+		t.Fatalf("on-demand request: got %v, want [%s <probe>]", r, name)
+	}
+	return got[1]
+}
+
 func (f *fakeStream) push(t *testing.T, r *discovery.DeltaDiscoveryResponse) {
 	t.Helper()
 	if err := f.send(r); err != nil {
@@ -395,33 +427,43 @@ func TestLookup(t *testing.T) {
 		f, err := e.client.Lookup(ctx, "/10.0.9.9")
 		res <- result{f, err}
 	}()
-	sub := s.next(t)
-	if !slices.Equal(sub.GetResourceNamesSubscribe(), []string{"/10.0.9.9"}) || sub.GetTypeUrl() != AddressType {
-		t.Fatalf("on-demand request: got %v", sub)
-	}
-	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n1", Resources: []*discovery.Resource{workloadRes(t, "remote", "v1", "/10.0.9.9")}})
+	probe := probeOf(t, s.nextSubscribe(t), "/10.0.9.9")
+	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n1", Resources: []*discovery.Resource{workloadRes(t, "remote", "v1", "/10.0.9.9")},
+		RemovedResources: []string{probe}})
 	if r := <-res; !r.found || r.err != nil {
 		t.Errorf("Lookup of a remote workload: got %v, %v, want true", r.found, r.err)
 	}
-	s.next(t) // ack
+	s.nextAck(t)
 
 	go func() {
 		f, err := e.client.Lookup(ctx, "/10.0.9.10")
 		res <- result{f, err}
 	}()
-	s.next(t)
-	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n2", RemovedResources: []string{"/10.0.9.10"}})
+	probe = probeOf(t, s.nextSubscribe(t), "/10.0.9.10")
+	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n2", RemovedResources: []string{"/10.0.9.10", probe}})
 	if r := <-res; r.found || r.err != nil {
 		t.Errorf("Lookup of a missing name: got %v, %v, want false, nil", r.found, r.err)
 	}
-	s.next(t)
+	s.nextAck(t)
+	// Subscribing to a name held already (a Service, for its endpoints): the server sends only
+	// what is new, and answers the probe.
+	go func() {
+		f, err := e.client.Subscribe(ctx, "local")
+		res <- result{f, err}
+	}()
+	probe = probeOf(t, s.nextSubscribe(t), "local")
+	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n2b", RemovedResources: []string{probe}})
+	if r := <-res; !r.found || r.err != nil {
+		t.Errorf("Subscribe to a held name: got %v, %v, want true", r.found, r.err)
+	}
+	s.nextAck(t)
 	// Answered as missing while subscribed: a second lookup is answered at once.
 	if found, err := e.client.Lookup(ctx, "/10.0.9.10"); found || err != nil {
 		t.Errorf("second Lookup of a missing name: got %v, %v", found, err)
 	}
 	// The remote workload goes away: its alias is no longer known.
 	s.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "n3", RemovedResources: []string{"remote"}})
-	s.next(t)
+	s.nextAck(t)
 	if found, err := e.client.Lookup(ctx, "/10.0.9.9"); found || err != nil {
 		t.Errorf("Lookup after removal: got %v, %v, want false", found, err)
 	}
@@ -443,8 +485,15 @@ func TestReconnectSendsVersionsAndNames(t *testing.T) {
 	s.next(t)
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
-	go e.client.Lookup(ctx, "/10.9.9.9")
-	s.next(t)
+	pending := make(chan error, 1)
+	go func() {
+		found, err := e.client.Lookup(ctx, "/10.9.9.9")
+		if err == nil && found {
+			err = fmt.Errorf("found a name the server never sent")
+		}
+		pending <- err
+	}()
+	s.nextSubscribe(t) // not answered before the stream drops
 
 	if err := os.WriteFile(e.token, []byte("token-2"), 0o600); err != nil {
 		t.Fatal(err)
@@ -466,6 +515,16 @@ func TestReconnectSendsVersionsAndNames(t *testing.T) {
 		t.Errorf("policy initial versions: got %v, want %v", got, want)
 	}
 	waitFor(t, "two connects", func() bool { return e.client.Connects() == 2 })
+	// The first response of the new stream answers the names its first request carried.
+	s2.push(t, &discovery.DeltaDiscoveryResponse{TypeUrl: AddressType, Nonce: "m1"})
+	select {
+	case err := <-pending:
+		if err != nil {
+			t.Errorf("Lookup pending across the reconnect: %v", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("Lookup pending across the reconnect was not answered by the new stream's first response")
+	}
 }
 
 func mapsEqual(a, b map[string]string) bool {
