@@ -1,0 +1,225 @@
+/* Shared definitions of Ambit's eBPF programs: the few kernel UAPI types and helper
+ * declarations they use (kept here instead of vmlinux.h or libbpf's headers so that generating
+ * the objects needs nothing but clang), the data-plane contract's constants, and packet parsing.
+ * Header-only; every program includes it. */
+#pragma once
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef int __s32;
+typedef __u16 __be16;
+typedef __u32 __be32;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __always_inline inline __attribute__((always_inline))
+#define __uint(name, val) int (*name)[val]
+#define __type(name, val) typeof(val) *name
+
+/* Byte order: the programs are built for little-endian BPF only (bpf2go -target bpfel). */
+#define bpf_htons(x) ((__be16)__builtin_bswap16(x))
+#define bpf_htonl(x) ((__be32)__builtin_bswap32(x))
+
+/* struct __sk_buff, up to the fields used (include/uapi/linux/bpf.h; the layout is ABI). */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol;
+	__u32 vlan_present;
+	__u32 vlan_tci;
+	__u32 vlan_proto;
+	__u32 priority;
+	__u32 ingress_ifindex;
+	__u32 ifindex;
+	__u32 tc_index;
+	__u32 cb[5];
+	__u32 hash;
+	__u32 tc_classid;
+	__u32 data;
+	__u32 data_end;
+};
+
+/* struct bpf_sock (UAPI), complete: the verifier checks accesses against its real layout. */
+struct bpf_sock {
+	__u32 bound_dev_if;
+	__u32 family;
+	__u32 type;
+	__u32 protocol;
+	__u32 mark;
+	__u32 priority;
+	__u32 src_ip4;
+	__u32 src_ip6[4];
+	__u32 src_port;
+	__be16 dst_port;
+	__u16 : 16;
+	__u32 dst_ip4;
+	__u32 dst_ip6[4];
+	__u32 state;
+	__s32 rx_queue_mapping;
+};
+
+/* The IPv4 half of struct bpf_sock_tuple: lookups pass sizeof(struct sock_tuple4). */
+struct sock_tuple4 {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+};
+
+enum {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+};
+
+#define BPF_ANY 0
+#define BPF_F_CURRENT_NETNS (-1L)
+#define BPF_F_PSEUDO_HDR (1ULL << 4)
+#define BPF_F_MARK_MANGLED_0 (1ULL << 5)
+#define BPF_TCP_LISTEN 10
+
+/* tcx verdicts (enum tcx_action_base). */
+#define TCX_NEXT (-1)
+#define TCX_PASS 0
+#define TCX_DROP 2
+
+/* Helpers, by their stable numbers in enum bpf_func_id. */
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len, __u64 flags) = (void *)9;
+static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *)10;
+static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *)11;
+static struct bpf_sock *(*bpf_sk_lookup_udp)(void *ctx, struct sock_tuple4 *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *)85;
+static long (*bpf_sk_release)(void *sock) = (void *)86;
+static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct sock_tuple4 *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *)99;
+static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
+
+/* The data-plane contract (DESIGN.md section 3). */
+#define ZTUNNEL_MARK 0x539
+#define ZTUNNEL_MARK_MASK 0xfff
+#define PORT_OUTBOUND 15001
+#define PORT_INBOUND 15006
+#define PORT_HBONE 15008
+#define PORT_DNS 15053
+#define PORT_DNS_ORIG 53
+#define PROBE_ADDR 0xa9fe077f /* 169.254.7.127, the node's SNAT address for kubelet probes */
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+
+struct iphdr {
+	__u8 ihl_version; /* little-endian bitfield order: ihl in the low nibble */
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct tcphdr {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff_res;
+	__u8 flags;
+	__be16 window;
+	__u16 check;
+	__be16 urg_ptr;
+};
+
+struct udphdr {
+	__be16 source;
+	__be16 dest;
+	__be16 len;
+	__u16 check;
+};
+
+/* pkt is the parsed IPv4 packet the programs decide on. */
+struct pkt {
+	struct sock_tuple4 tuple; /* as received: saddr = sender */
+	__u8 proto;
+	__u32 l3; /* offset of the IP header */
+	__u32 l4; /* offset of the TCP or UDP header */
+};
+
+/* parse fills p from an IPv4 TCP or UDP packet that starts with an Ethernet header (as on
+ * both eth0 and lo at TC) and carries its L4 header (not a later fragment). It returns 0 for
+ * any other packet, which the programs leave alone. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return 0;
+	struct iphdr *ip = data + ETH_HLEN;
+	if ((void *)(ip + 1) > end)
+		return 0;
+	if ((ip->ihl_version >> 4) != 4 || (ip->frag_off & bpf_htons(0x1fff)))
+		return 0;
+	__u32 ihl = (ip->ihl_version & 0xf) * 4;
+	if (ihl < sizeof(*ip))
+		return 0;
+	/* Both L4 headers start with the two ports. */
+	__be16 *ports = (void *)ip + ihl;
+	if ((void *)(ports + 2) > end)
+		return 0;
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return 0;
+	p->proto = ip->protocol;
+	p->tuple.saddr = ip->saddr;
+	p->tuple.daddr = ip->daddr;
+	p->tuple.sport = ports[0];
+	p->tuple.dport = ports[1];
+	p->l3 = ETH_HLEN;
+	p->l4 = ETH_HLEN + ihl;
+	return 1;
+}
+
+static __always_inline int ztunnel_marked(struct __sk_buff *skb)
+{
+	return (skb->mark & ZTUNNEL_MARK_MASK) == ZTUNNEL_MARK;
+}
+
+/* owned_by_socket reports whether a TCP packet belongs to a connection some socket of this
+ * netns already has (request, established or time-wait), so the stack delivers it as usual. A
+ * listener does not count: a new connection is what gets captured. */
+static __always_inline int owned_by_socket(struct __sk_buff *skb, struct sock_tuple4 *t)
+{
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, sizeof(*t), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return 0;
+	int owned = sk->state != BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	return owned;
+}
+
+/* assign_tcp hands the packet to ztunnel's TCP listener on port (found by address in this
+ * netns: the listeners are opened by ztunnel after enrolment, so no map could hold them). The
+ * packet keeps its addresses, so the accepted socket's local address is the original
+ * destination. Without a listener the packet is dropped: the client retransmits its SYN and
+ * succeeds once ztunnel listens, and nothing reaches the app uncaptured. */
+static __always_inline int assign_tcp(struct __sk_buff *skb, struct sock_tuple4 *t, __u16 port)
+{
+	struct sock_tuple4 lt = *t;
+	lt.dport = bpf_htons(port);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &lt, sizeof(lt), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TCX_DROP;
+	if (sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TCX_DROP;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? TCX_DROP : TCX_PASS;
+}

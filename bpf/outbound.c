@@ -1,0 +1,108 @@
+//go:build ignore
+
+/* Outbound capture: tcx ingress on lo of the pod's netns. The policy routes installed with
+ * this program send the app's TCP and its DNS queries to a non-local address through lo (the
+ * route keeps the packet's destination); here a new TCP connection is handed to ztunnel's
+ * outbound listener on 15001 (15053 for TCP port 53) and a UDP DNS query to ztunnel's DNS
+ * socket on 15053, remembering the query's destination so ztunnel's answer can be given back
+ * the address the app asked. */
+
+#include "common.h"
+
+/* local_addrs holds the netns's own IPv4 addresses (the loader fills it): traffic to them,
+ * like traffic to 127.0.0.0/8, is loopback traffic and is never captured. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+struct endpoint {
+	__be32 addr;
+	__be16 port;
+	__u16 pad;
+};
+
+/* dns_origin maps the app's UDP socket (address, port) to the destination of its last DNS
+ * query, for rewriting the source of ztunnel's answer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct endpoint);
+	__type(value, struct endpoint);
+} dns_origin SEC(".maps");
+
+static __always_inline int is_local(__be32 addr)
+{
+	if ((addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
+		return 1;
+	return bpf_map_lookup_elem(&local_addrs, &addr) != 0;
+}
+
+/* restore_dns_source rewrites the source of ztunnel's UDP DNS answer to the address the app's
+ * query was sent to, as the app's (usually connected) socket expects. */
+static __always_inline int restore_dns_source(struct __sk_buff *skb, struct pkt *p)
+{
+	struct endpoint app = {.addr = p->tuple.daddr, .port = p->tuple.dport};
+	struct endpoint *orig = bpf_map_lookup_elem(&dns_origin, &app);
+	if (!orig)
+		return TCX_NEXT;
+	struct endpoint o = *orig;
+	__u32 ip_check = p->l3 + __builtin_offsetof(struct iphdr, check);
+	__u32 ip_saddr = p->l3 + __builtin_offsetof(struct iphdr, saddr);
+	__u32 udp_check = p->l4 + __builtin_offsetof(struct udphdr, check);
+	__u32 udp_sport = p->l4 + __builtin_offsetof(struct udphdr, source);
+
+	if (bpf_l4_csum_replace(skb, udp_check, p->tuple.saddr, o.addr, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4) ||
+	    bpf_l4_csum_replace(skb, udp_check, p->tuple.sport, o.port, BPF_F_MARK_MANGLED_0 | 2) ||
+	    bpf_l3_csum_replace(skb, ip_check, p->tuple.saddr, o.addr, 4) ||
+	    bpf_skb_store_bytes(skb, ip_saddr, &o.addr, 4, 0) ||
+	    bpf_skb_store_bytes(skb, udp_sport, &o.port, 2, 0))
+		return TCX_DROP;
+	return TCX_NEXT;
+}
+
+static __always_inline int capture_dns_udp(struct __sk_buff *skb, struct pkt *p)
+{
+	struct endpoint app = {.addr = p->tuple.saddr, .port = p->tuple.sport};
+	struct endpoint orig = {.addr = p->tuple.daddr, .port = p->tuple.dport};
+	struct sock_tuple4 lt = p->tuple;
+
+	lt.dport = bpf_htons(PORT_DNS);
+	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &lt, sizeof(lt), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return TCX_DROP;
+	bpf_map_update_elem(&dns_origin, &app, &orig, BPF_ANY);
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? TCX_DROP : TCX_PASS;
+}
+
+SEC("tcx/ingress")
+int ambit_outbound(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+
+	if (!parse(skb, &p))
+		return TCX_NEXT;
+	if (ztunnel_marked(skb)) {
+		if (p.proto == IPPROTO_UDP && p.tuple.sport == bpf_htons(PORT_DNS))
+			return restore_dns_source(skb, &p);
+		return TCX_NEXT;
+	}
+	if (is_local(p.tuple.daddr))
+		return TCX_NEXT;
+	if (p.proto == IPPROTO_UDP) {
+		if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))
+			return capture_dns_udp(skb, &p);
+		return TCX_NEXT;
+	}
+	if (owned_by_socket(skb, &p.tuple))
+		return TCX_NEXT;
+	if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))
+		return assign_tcp(skb, &p.tuple, PORT_DNS);
+	return assign_tcp(skb, &p.tuple, PORT_OUTBOUND);
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,363 @@
+package bpf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
+)
+
+// ErrNotSupported is wrapped by New's error when the kernel lacks something the redirection
+// needs (tcx, bpf_sk_assign, socket lookups from TC); the caller then uses nftables.
+var ErrNotSupported = errors.New("ebpf redirection not supported by this kernel")
+
+// Redirector installs and removes the eBPF redirection in pod network namespaces. It holds no
+// state of its own: everything lives in the namespaces, so a new Redirector (after an agent
+// restart) picks up what an old one installed. Safe for concurrent use on different netns.
+type Redirector struct {
+	inbound, outbound       *ebpf.CollectionSpec
+	inboundTag, outboundTag string
+}
+
+// New checks that the kernel supports the redirection and prepares the programs.
+func New() (*Redirector, error) {
+	if err := probe(); err != nil {
+		return nil, err
+	}
+	in, err := loadInbound()
+	if err != nil {
+		return nil, fmt.Errorf("reading inbound program: %w", err)
+	}
+	out, err := loadOutbound()
+	if err != nil {
+		return nil, fmt.Errorf("reading outbound program: %w", err)
+	}
+	r := &Redirector{inbound: in, outbound: out}
+	if r.inboundTag, err = tag(in, progInbound); err != nil {
+		return nil, err
+	}
+	if r.outboundTag, err = tag(out, progOutbound); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// probe reports missing kernel features as errors wrapping ErrNotSupported.
+func probe() error {
+	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
+		return notSupported("TC programs", err)
+	}
+	for _, h := range []asm.BuiltinFunc{asm.FnSkAssign, asm.FnSkcLookupTcp, asm.FnSkLookupUdp, asm.FnL4CsumReplace} {
+		if err := features.HaveProgramHelper(ebpf.SchedCLS, h); err != nil {
+			return notSupported(fmt.Sprintf("helper %s in TC programs", h), err)
+		}
+	}
+	// tcx (Linux 6.6): querying lo of our own netns changes nothing and fails without it.
+	if _, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: ebpf.AttachTCXIngress}); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("querying tcx programs: %w (needs CAP_BPF and CAP_NET_ADMIN)", err)
+		}
+		return notSupported("tcx attachment", err)
+	}
+	return nil
+}
+
+func notSupported(what string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrNotSupported, what, err)
+}
+
+// Attach installs the redirection in the network namespace at netnsPath, whose own addresses
+// (besides those found on its interfaces) are podIPs. It reconciles: running it again on a
+// namespace that has the current programs and rules changes nothing, and it replaces programs
+// of another Ambit version without a gap in the capture.
+func (r *Redirector) Attach(ctx context.Context, netnsPath string, podIPs []netip.Addr) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := netns.Open(netnsPath)
+	if err != nil {
+		return fmt.Errorf("attaching redirection: %w", err)
+	}
+	defer h.Close()
+	if err := h.Do(func() error { return r.attach(podIPs) }); err != nil {
+		return fmt.Errorf("attaching redirection in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+func (r *Redirector) attach(podIPs []netip.Addr) error {
+	lo, others, err := links()
+	if err != nil {
+		return err
+	}
+	addrs, src, err := localAddrs(podIPs)
+	if err != nil {
+		return err
+	}
+	// Outbound first: its program must know the local addresses before routes send it traffic.
+	out, err := install(lo, progOutbound, r.outboundTag, func() (*ebpf.Program, error) {
+		return loadProgram(r.outbound, progOutbound)
+	})
+	if err != nil {
+		return err
+	}
+	err = syncLocalAddrs(out, addrs)
+	out.Close()
+	if err != nil {
+		return err
+	}
+	// One inbound program serves every interface; loaded on first need.
+	var in *ebpf.Program
+	defer func() {
+		if in != nil {
+			in.Close()
+		}
+	}()
+	for _, ifc := range others {
+		if err := setSrcValidMark(ifc.name, true); err != nil {
+			return err
+		}
+		p, err := install(ifc.index, progInbound, r.inboundTag, func() (*ebpf.Program, error) {
+			if in == nil {
+				p, err := loadProgram(r.inbound, progInbound)
+				if err != nil {
+					return nil, err
+				}
+				in = p
+			}
+			return in.Clone()
+		})
+		if err != nil {
+			return err
+		}
+		p.Close()
+	}
+	// The rules last: they need the inbound programs' marks (see inbound.c).
+	return ensureRouting(lo, src)
+}
+
+// tag loads program name of cs (which also proves the verifier takes it) and returns the tag
+// the kernel gives it, to recognise the same program attached in a netns later.
+func tag(cs *ebpf.CollectionSpec, name string) (string, error) {
+	p, err := loadProgram(cs, name)
+	if err != nil {
+		return "", err
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return "", fmt.Errorf("reading info of program %s: %w", name, err)
+	}
+	return info.Tag, nil
+}
+
+// loadProgram loads program name of cs with fresh maps; the program holds the maps.
+func loadProgram(cs *ebpf.CollectionSpec, name string) (*ebpf.Program, error) {
+	coll, err := ebpf.NewCollection(cs.Copy())
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading program %s: %w: %w", name, ErrNotSupported, err)
+		}
+		return nil, fmt.Errorf("loading program %s: %w", name, err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram(name), nil
+}
+
+// Detach removes everything Attach installed in the namespace at netnsPath. A namespace that
+// no longer exists, or has nothing of ours, is not an error.
+func (r *Redirector) Detach(ctx context.Context, netnsPath string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h, err := netns.Open(netnsPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // the kernel freed the programs with the namespace's interfaces
+	}
+	if err != nil {
+		return fmt.Errorf("detaching redirection: %w", err)
+	}
+	defer h.Close()
+	err = h.Do(func() error {
+		lo, others, err := links()
+		if err != nil {
+			return err
+		}
+		// Routing first: with the rules gone, outbound traffic no longer goes to lo.
+		if err := removeRouting(); err != nil {
+			return err
+		}
+		if err := uninstall(lo, progOutbound); err != nil {
+			return err
+		}
+		for _, ifc := range others {
+			if err := uninstall(ifc.index, progInbound); err != nil {
+				return err
+			}
+			if err := setSrcValidMark(ifc.name, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("detaching redirection in %s: %w", netnsPath, err)
+	}
+	return nil
+}
+
+// Installed lists what of ours is in the namespace at netnsPath, one line per program, rule
+// or route; empty after Detach.
+func (r *Redirector) Installed(ctx context.Context, netnsPath string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	h, err := netns.Open(netnsPath)
+	if err != nil {
+		return nil, fmt.Errorf("listing redirection: %w", err)
+	}
+	defer h.Close()
+	var out []string
+	err = h.Do(func() error {
+		all, err := netlink.LinkList()
+		if err != nil {
+			return fmt.Errorf("listing interfaces: %w", err)
+		}
+		for _, l := range all {
+			for _, name := range []string{progInbound, progOutbound} {
+				have, err := ours(l.Attrs().Index, name)
+				if err != nil {
+					return err
+				}
+				for _, a := range have {
+					info, _ := a.prog.Info()
+					id, _ := info.ID()
+					out = append(out, fmt.Sprintf("tcx ingress %s: program %s id %d", l.Attrs().Name, name, id))
+				}
+				closeAll(have)
+			}
+		}
+		for _, l := range all {
+			if on, err := srcValidMark(l.Attrs().Name); err == nil && on {
+				out = append(out, "sysctl net.ipv4.conf."+l.Attrs().Name+".src_valid_mark = 1")
+			}
+		}
+		rules, err := ourRules()
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			out = append(out, "rule "+r.String())
+		}
+		routes, err := ourRoutes()
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			out = append(out, "route "+r.String())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing redirection in %s: %w", netnsPath, err)
+	}
+	return out, nil
+}
+
+// iface is one of the namespace's interfaces.
+type iface struct {
+	index int
+	name  string
+}
+
+// links returns lo's index and the namespace's other interfaces.
+func links() (lo int, others []iface, err error) {
+	all, err := netlink.LinkList()
+	if err != nil {
+		return 0, nil, fmt.Errorf("listing interfaces: %w", err)
+	}
+	for _, l := range all {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 {
+			lo = a.Index
+			continue
+		}
+		others = append(others, iface{a.Index, a.Name})
+	}
+	if lo == 0 {
+		return 0, nil, errors.New("listing interfaces: the namespace has no loopback interface")
+	}
+	return lo, others, nil
+}
+
+// localAddrs returns the namespace's IPv4 addresses plus podIPs, and the source address for
+// captured outbound connections: the first IPv4 pod IP, else the first global IPv4 address.
+func localAddrs(podIPs []netip.Addr) (addrs []netip.Addr, src netip.Addr, err error) {
+	list, err := netlink.AddrList(nil, unix.AF_INET)
+	if err != nil {
+		return nil, netip.Addr{}, fmt.Errorf("listing addresses: %w", err)
+	}
+	for _, ip := range podIPs {
+		if ip = ip.Unmap(); ip.Is4() {
+			addrs = append(addrs, ip)
+		}
+	}
+	if len(addrs) > 0 {
+		src = addrs[0]
+	}
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		addrs = append(addrs, ip)
+		if !src.IsValid() && ip.IsGlobalUnicast() {
+			src = ip
+		}
+	}
+	if !src.IsValid() {
+		return nil, netip.Addr{}, errors.New("choosing source address: the pod has no IPv4 address (IPv6-only pods are not captured yet)")
+	}
+	return addrs, src, nil
+}
+
+// setSrcValidMark sets net.ipv4.conf.NAME.src_valid_mark in the current netns, so the
+// reverse-path check of packets arriving on the interface uses their mark (see inbound.c).
+// Detach sets it back to the kernel's default, 0.
+func setSrcValidMark(name string, on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := os.WriteFile(srcValidMarkPath(name), []byte(v), 0o644); err != nil {
+		return fmt.Errorf("setting src_valid_mark of %s: %w", name, err)
+	}
+	return nil
+}
+
+func srcValidMark(name string) (bool, error) {
+	b, err := os.ReadFile(srcValidMarkPath(name))
+	if err != nil {
+		return false, fmt.Errorf("reading src_valid_mark of %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(b)) == "1", nil
+}
+
+// srcValidMarkPath is the sysctl's file; /proc/sys/net shows the calling thread's netns.
+func srcValidMarkPath(name string) string {
+	return "/proc/sys/net/ipv4/conf/" + name + "/src_valid_mark"
+}

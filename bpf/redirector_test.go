@@ -1,0 +1,194 @@
+package bpf
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func newRedirector(t testing.TB) *Redirector {
+	t.Helper()
+	r, err := New()
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return r
+}
+
+func ap(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+
+// check is one connection and the first word and original destination its server must report.
+type check struct {
+	name    string
+	from    string // "pod" or "peer"
+	dst     netip.AddrPort
+	opts    dialOpts
+	want    string // "<server> <destination it saw>"
+	wantSrc string // if set, the source address the server saw
+}
+
+func runChecks(t *testing.T, tp *topo, checks []check) {
+	t.Helper()
+	for _, c := range checks {
+		h := tp.pod
+		if c.from == "peer" {
+			h = tp.peer
+		}
+		line, err := hello(h, c.dst, c.opts)
+		if err != nil {
+			t.Errorf("%s: dial %s: %v", c.name, c.dst, err)
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			t.Errorf("%s: got %q, want three fields", c.name, line)
+			continue
+		}
+		if got := f[0] + " " + f[1]; got != c.want {
+			t.Errorf("%s: got %q, want %q", c.name, got, c.want)
+		}
+		if c.wantSrc != "" && !strings.HasPrefix(f[2], c.wantSrc+":") {
+			t.Errorf("%s: server saw source %s, want %s", c.name, f[2], c.wantSrc)
+		}
+	}
+}
+
+// captured are the contract's checks with the redirection in place.
+var captured = []check{
+	{name: "outbound to a remote service reaches 15001", from: "pod", dst: ap(remoteIP, remotePort),
+		want: "ztunnel:15001 10.88.0.5:80", wantSrc: podIP.String()},
+	{name: "outbound to a peer on the pod subnet reaches 15001", from: "pod", dst: ap(peerIP, 9),
+		want: "ztunnel:15001 10.77.0.1:9"},
+	{name: "outbound DNS over TCP reaches 15053", from: "pod", dst: ap(dnsIP, 53),
+		want: "ztunnel:15053 10.88.0.53:53"},
+	{name: "loopback is not captured", from: "pod", dst: ap(netip.MustParseAddr("127.0.0.1"), appPort),
+		want: "app 127.0.0.1:8080"},
+	{name: "the pod's own IP is not captured", from: "pod", dst: ap(podIP, appPort),
+		want: "app 10.77.0.2:8080"},
+	{name: "ztunnel's marked sockets bypass", from: "pod", dst: ap(remoteIP, remotePort),
+		opts: dialOpts{mark: true}, want: "remote 10.88.0.5:80"},
+	{name: "inbound to the app's port reaches 15006", from: "peer", dst: ap(podIP, appPort),
+		want: "ztunnel:15006 10.77.0.2:8080", wantSrc: peerIP.String()},
+	{name: "inbound to a closed port reaches 15006", from: "peer", dst: ap(podIP, 9999),
+		want: "ztunnel:15006 10.77.0.2:9999"},
+	{name: "inbound 15008 reaches 15008", from: "peer", dst: ap(podIP, 15008),
+		want: "ztunnel:15008 10.77.0.2:15008"},
+	{name: "kubelet probes bypass", from: "peer", dst: ap(podIP, appPort), opts: dialOpts{bind: probeIP},
+		want: "app 10.77.0.2:8080", wantSrc: probeIP.String()},
+	{name: "ztunnel's spoofed inbound delivery gets its replies", from: "pod", dst: ap(podIP, appPort),
+		opts: dialOpts{mark: true, transparent: true, bind: spoofedIP}, want: "app 10.77.0.2:8080", wantSrc: spoofedIP.String()},
+}
+
+// direct are the same connections without redirection.
+var direct = []check{
+	{name: "outbound", from: "pod", dst: ap(remoteIP, remotePort), want: "remote 10.88.0.5:80"},
+	{name: "outbound DNS over TCP", from: "pod", dst: ap(dnsIP, 53), want: "dns-server-tcp 10.88.0.53:53"},
+	{name: "inbound", from: "peer", dst: ap(podIP, appPort), want: "app 10.77.0.2:8080"},
+	{name: "loopback", from: "pod", dst: ap(netip.MustParseAddr("127.0.0.1"), appPort), want: "app 127.0.0.1:8080"},
+}
+
+func TestRedirection(t *testing.T) {
+	ctx := context.Background()
+	tp := newTopo(t)
+	startApps(t, tp)
+	startZtunnel(t, tp)
+	r := newRedirector(t)
+
+	runChecks(t, tp, direct)
+	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	t.Run("captured", func(t *testing.T) { runChecks(t, tp, captured) })
+	t.Run("dns over udp", func(t *testing.T) {
+		got, err := query(tp.pod, ap(dnsIP, 53), "q1")
+		if want := "dns q1"; err != nil || got != want {
+			t.Errorf("query %s: got %q, %v; want %q from ztunnel, with the source the app asked", dnsIP, got, err, want)
+		}
+		got, err = query(tp.pod, ap(remoteIP, 5353), "q2")
+		if want := ""; err == nil || got != want {
+			t.Errorf("udp to a port other than 53: got %q, %v; want no answer (nothing listens on the peer)", got, err)
+		}
+	})
+
+	if err := r.Detach(ctx, tp.podPath); err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	t.Run("detached", func(t *testing.T) {
+		runChecks(t, tp, direct)
+		got, err := query(tp.pod, ap(dnsIP, 53), "q3")
+		if want := "dns-server q3"; err != nil || got != want {
+			t.Errorf("query after Detach: got %q, %v; want %q", got, err, want)
+		}
+	})
+	left, err := r.Installed(ctx, tp.podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("after Detach, left behind:\n%s", strings.Join(left, "\n"))
+	}
+	if err := r.Detach(ctx, tp.podPath); err != nil {
+		t.Errorf("second Detach: %v", err)
+	}
+}
+
+// TestReconcile: Attach again, from a new Redirector as after an agent restart, changes
+// nothing, and a stale program or rule is replaced.
+func TestReconcile(t *testing.T) {
+	ctx := context.Background()
+	tp := newTopo(t)
+	startApps(t, tp)
+	startZtunnel(t, tp)
+	r := newRedirector(t)
+	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	first, err := r.Installed(ctx, tp.podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := 9; len(first) != want { // 2 programs, 1 sysctl, 5 rules, 1 route
+		t.Errorf("installed %d objects, want %d:\n%s", len(first), want, strings.Join(first, "\n"))
+	}
+	if err := newRedirector(t).Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("second Attach: %v", err)
+	}
+	second, err := r.Installed(ctx, tp.podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(first, second) {
+		t.Errorf("second Attach changed the install:\nbefore:\n%s\nafter:\n%s", strings.Join(first, "\n"), strings.Join(second, "\n"))
+	}
+
+	// Another version's programs (another tag) and a rule out of place.
+	stale := *r
+	stale.inboundTag, stale.outboundTag = "0000000000000000", "0000000000000000"
+	run(t, tp.pod, "ip", "rule", "del", "pref", fmt.Sprint(prefFirst+2))
+	if err := stale.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach over stale install: %v", err)
+	}
+	third, err := r.Installed(ctx, tp.podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(third) != len(first) || slices.Equal(first, third) {
+		t.Errorf("Attach over a stale install: got\n%s\nwant the same objects with new program ids", strings.Join(third, "\n"))
+	}
+	runChecks(t, tp, captured)
+	if err := r.Detach(ctx, tp.podPath); err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := r.Installed(ctx, tp.podPath); len(left) != 0 {
+		t.Errorf("after Detach, left behind:\n%s", strings.Join(left, "\n"))
+	}
+}
+
+func TestDetachGoneNetns(t *testing.T) {
+	if err := newRedirector(t).Detach(context.Background(), "/proc/self/ns/does-not-exist"); err != nil {
+		t.Errorf("Detach of a missing netns: %v, want nil", err)
+	}
+}
