@@ -21,7 +21,7 @@ func uid(ns, name string) string { return "Kubernetes//Pod/" + ns + "/" + name }
 
 type wlOpt func(*workload.Workload)
 
-func healthy(w *workload.Workload) { w.Status = workload.WorkloadStatus_HEALTHY }
+func healthy(w *workload.Workload)   { w.Status = workload.WorkloadStatus_HEALTHY }
 func unhealthy(w *workload.Workload) { w.Status = workload.WorkloadStatus_UNHEALTHY }
 func backs(key string, ports ...uint32) wlOpt {
 	return func(w *workload.Workload) {
@@ -97,8 +97,12 @@ func (f *fakeLookuper) answer(ctx context.Context, name string) (bool, error) {
 	return true, f.s.Update(xds.AddressType, res, nil)
 }
 
-func (f *fakeLookuper) Lookup(ctx context.Context, name string) (bool, error)    { return f.answer(ctx, name) }
-func (f *fakeLookuper) Subscribe(ctx context.Context, name string) (bool, error) { return f.answer(ctx, name) }
+func (f *fakeLookuper) Lookup(ctx context.Context, name string) (bool, error) {
+	return f.answer(ctx, name)
+}
+func (f *fakeLookuper) Subscribe(ctx context.Context, name string) (bool, error) {
+	return f.answer(ctx, name)
+}
 
 func TestWorkloadsByAddrAndName(t *testing.T) {
 	s := New(Config{})
