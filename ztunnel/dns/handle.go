@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -82,15 +83,29 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) []byte {
 	case q.header.OpCode != 0:
 		return s.reply(q, dnsmessage.RCodeNotImplemented, nil, tcp)
 	}
+	qtype, proto := "", "udp"
+	if s.cfg.Observer != nil {
+		qtype = queryType(q.question.Type)
+		if tcp {
+			proto = "tcp"
+		}
+		s.cfg.Observer.ObserveRequest(qtype, proto)
+	}
 	if q.question.Class == dnsmessage.ClassINET && (q.question.Type == dnsmessage.TypeA || q.question.Type == dnsmessage.TypeAAAA) {
 		if addrs, ok := s.cfg.Resolver.LookupHost(q.name); ok {
 			return s.reply(q, dnsmessage.RCodeSuccess, addrs, tcp)
 		}
-		if s.cfg.Authoritative && (q.name == s.svcZone || strings.HasSuffix(q.name, "."+s.svcZone)) {
+		// The zone apex itself exists (it has an SOA upstream), so only names below it are
+		// answered NXDOMAIN.
+		if s.cfg.Authoritative && strings.HasSuffix(q.name, "."+s.svcZone) {
 			return s.reply(q, dnsmessage.RCodeNameError, nil, tcp)
 		}
 	}
+	start := time.Now()
 	resp, err := s.forward(ctx, req, q)
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.ObserveUpstream(qtype, proto, time.Since(start), err)
+	}
 	if err != nil {
 		return s.reply(q, dnsmessage.RCodeServerFailure, nil, tcp)
 	}
@@ -99,4 +114,9 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) []byte {
 		return s.truncated(q)
 	}
 	return resp
+}
+
+// queryType names t as Istio's DNS metrics do: lowercase, "a", "aaaa", "srv".
+func queryType(t dnsmessage.Type) string {
+	return strings.ToLower(strings.TrimPrefix(t.String(), "Type"))
 }

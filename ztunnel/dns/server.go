@@ -49,6 +49,17 @@ type ResolverFunc func(name string) ([]netip.Addr, bool)
 // LookupHost calls f(name).
 func (f ResolverFunc) LookupHost(name string) ([]netip.Addr, bool) { return f(name) }
 
+// Observer is told about every query a [Server] handles, for metrics. ztunnel's metrics
+// package implements it. Methods are called concurrently and must not block.
+type Observer interface {
+	// ObserveRequest counts a query: queryType is the lowercase type ("a", "aaaa", "mx"),
+	// protocol "udp" or "tcp".
+	ObserveRequest(queryType, protocol string)
+	// ObserveUpstream counts a query forwarded upstream, how long the upstreams took and
+	// whether all of them failed (err non-nil).
+	ObserveUpstream(queryType, protocol string, took time.Duration, err error)
+}
+
 // DialFunc opens a connection to an upstream resolver ("udp" or "tcp", "ip:port").
 type DialFunc func(ctx context.Context, network, address string) (net.Conn, error)
 
@@ -62,6 +73,8 @@ type Config struct {
 	// Dial opens upstream connections; defaults to a plain net.Dialer. ztunnel passes one that
 	// marks its sockets when they are made inside a pod's network namespace.
 	Dial DialFunc
+	// Observer, if set, is told about every query.
+	Observer Observer
 	// ClusterDomain is the Kubernetes cluster domain; defaults to "cluster.local".
 	ClusterDomain string
 	// Authoritative answers NXDOMAIN for unknown A/AAAA names under svc.<ClusterDomain>

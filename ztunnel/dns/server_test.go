@@ -66,6 +66,8 @@ func TestAnswers(t *testing.T) {
 		{name: "edns echoed", q: q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA, edns: 4096}, wantAnswers: []string{"10.96.0.10"}, wantAA: true},
 		{name: "unknown service forwarded", q: q{name: "nope.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "unknown service authoritative", authoritative: true, q: q{name: "nope.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantAA: true},
+		{name: "authoritative forwards the zone apex", authoritative: true, q: q{name: "svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
+		{name: "authoritative ignores look-alike zones", authoritative: true, q: q{name: "x.mysvc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "authoritative keeps other zones upstream", authoritative: true, q: q{name: "example.com.", typ: dnsmessage.TypeA}, wantAnswers: []string{"93.184.216.34"}, wantUpstream: true},
 		{name: "authoritative still answers known", authoritative: true, q: q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantAnswers: []string{"10.96.0.10"}, wantAA: true},
 		{name: "external forwarded", q: q{name: "example.com.", typ: dnsmessage.TypeA}, wantAnswers: []string{"93.184.216.34"}, wantUpstream: true},
@@ -432,5 +434,61 @@ func TestDialError(t *testing.T) {
 	m := exchange(t, "udp", p.udp, q{name: "example.com.", typ: dnsmessage.TypeA}.pack(t))
 	if m.RCode != dnsmessage.RCodeServerFailure {
 		t.Errorf("rcode: got %v, want SERVFAIL", m.RCode)
+	}
+}
+
+type observed struct {
+	mu       sync.Mutex
+	requests []string
+	upstream []string
+}
+
+func (o *observed) ObserveRequest(queryType, protocol string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.requests = append(o.requests, queryType+"/"+protocol)
+}
+
+func (o *observed) ObserveUpstream(queryType, protocol string, took time.Duration, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	r := queryType + "/" + protocol
+	if err != nil {
+		r += " failed"
+	}
+	if took <= 0 {
+		r += " no duration"
+	}
+	o.upstream = append(o.upstream, r)
+}
+
+func TestObserver(t *testing.T) {
+	up := startUpstream(t, false)
+	tests := []struct {
+		name         string
+		upstreams    []netip.AddrPort
+		network      string
+		q            q
+		wantRequests []string
+		wantUpstream []string
+	}{
+		{name: "local", network: "udp", q: q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRequests: []string{"a/udp"}},
+		{name: "forwarded", upstreams: []netip.AddrPort{up.addr}, network: "tcp", q: q{name: "example.com.", typ: dnsmessage.TypeAAAA}, wantRequests: []string{"aaaa/tcp"}, wantUpstream: []string{"aaaa/tcp"}},
+		{name: "forward failed", network: "udp", q: q{name: "example.com.", typ: dnsmessage.TypeSRV}, wantRequests: []string{"srv/udp"}, wantUpstream: []string{"srv/udp failed"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var o observed
+			p := startProxy(t, Config{Resolver: testResolver, Upstreams: tt.upstreams, Observer: &o})
+			addr := map[string]string{"udp": p.udp, "tcp": p.tcp}[tt.network]
+			exchange(t, tt.network, addr, tt.q.pack(t))
+			p.stop(t)
+			if !slices.Equal(o.requests, tt.wantRequests) {
+				t.Errorf("requests: got %v, want %v", o.requests, tt.wantRequests)
+			}
+			if !slices.Equal(o.upstream, tt.wantUpstream) {
+				t.Errorf("upstream: got %v, want %v", o.upstream, tt.wantUpstream)
+			}
+		})
 	}
 }

@@ -1,8 +1,8 @@
 package metrics
 
 // Labels are Istio's standard TCP metric labels for one connection, as ztunnel reports them.
-// Empty values are reported as "unknown", except RequestProtocol ("tcp") and ResponseFlags
-// ("-").
+// Empty values are reported as "unknown", except the canonical revisions ("latest", as Istio
+// does), RequestProtocol ("tcp") and ResponseFlags ("-").
 type Labels struct {
 	// Reporter is "source" (the client's ztunnel) or "destination" (the server's).
 	Reporter string
@@ -40,6 +40,7 @@ const (
 	SecurityMutualTLS   = "mutual_tls"
 	SecurityNone        = "none"
 	unknown             = "unknown"
+	latest              = "latest"
 )
 
 // labelNames are the metric label names, in the order of Labels.values.
@@ -82,7 +83,7 @@ func (l Labels) values() []string {
 		u(l.Reporter),
 		u(l.SourceWorkload),
 		u(l.SourceCanonicalService),
-		u(l.SourceCanonicalRevision),
+		orDefault(l.SourceCanonicalRevision, latest),
 		u(l.SourceWorkloadNamespace),
 		u(l.SourcePrincipal),
 		u(l.SourceApp),
@@ -93,7 +94,7 @@ func (l Labels) values() []string {
 		u(l.DestinationServiceName),
 		u(l.DestinationWorkload),
 		u(l.DestinationCanonicalService),
-		u(l.DestinationCanonicalRevision),
+		orDefault(l.DestinationCanonicalRevision, latest),
 		u(l.DestinationWorkloadNamespace),
 		u(l.DestinationPrincipal),
 		u(l.DestinationApp),

@@ -1,6 +1,7 @@
 // Package metrics is ztunnel's telemetry: Istio's TCP metrics (istio_tcp_connections_opened_total,
 // istio_tcp_connections_closed_total, istio_tcp_sent_bytes_total, istio_tcp_received_bytes_total
-// with Istio's standard labels) in a registry owned by one ztunnel, and the per-connection
+// with Istio's standard labels) and DNS proxy metrics (istio_dns_requests_total and the
+// istio_dns_upstream_* family) in a registry owned by one ztunnel, and the per-connection
 // access log.
 //
 // The proxy calls [Metrics.Open] once per connection with its [Labels]; that resolves the
@@ -25,6 +26,7 @@ import (
 type Metrics struct {
 	reg                            *prometheus.Registry
 	opened, closed, sent, received *prometheus.CounterVec
+	dnsVecs                        *dnsMetrics
 
 	// mu guards live, the open connections whose bytes a scrape must flush.
 	mu   sync.Mutex
@@ -50,6 +52,7 @@ func New() *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.opened, m.closed, m.sent, m.received,
 	)
+	m.dnsVecs = newDNSMetrics(m.reg)
 	return m
 }
 

@@ -74,6 +74,7 @@ func TestLabels(t *testing.T) {
 			labels: Labels{},
 			want: map[string]string{
 				"reporter": "unknown", "source_workload": "unknown", "source_principal": "unknown",
+				"source_canonical_service": "unknown", "source_canonical_revision": "latest", "destination_canonical_revision": "latest",
 				"destination_service": "unknown", "destination_workload": "unknown", "destination_cluster": "unknown",
 				"request_protocol": "tcp", "response_flags": "-", "connection_security_policy": "unknown",
 			},

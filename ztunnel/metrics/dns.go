@@ -1,0 +1,68 @@
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// dnsLabelNames are the labels of Istio's ztunnel DNS metrics.
+var dnsLabelNames = []string{"request_query_type", "request_protocol", "source_canonical_service", "source_canonical_revision"}
+
+// dnsMetrics are the DNS proxy's counters, shared by every pod's [DNS].
+type dnsMetrics struct {
+	requests, upstream, failures *prometheus.CounterVec
+	duration                     *prometheus.HistogramVec
+}
+
+func newDNSMetrics(reg prometheus.Registerer) *dnsMetrics {
+	d := &dnsMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_requests_total",
+			Help: "DNS requests received by the DNS proxy."}, dnsLabelNames),
+		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_upstream_requests_total",
+			Help: "DNS requests forwarded to upstream resolvers."}, dnsLabelNames),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_upstream_failures_total",
+			Help: "DNS requests no upstream resolver answered."}, dnsLabelNames),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_dns_upstream_request_duration_seconds",
+			Help: "Time upstream resolvers took to answer a forwarded DNS request.", Buckets: []float64{0.001, 0.005, 0.01, 0.1, 1, 5}}, dnsLabelNames),
+	}
+	reg.MustRegister(d.requests, d.upstream, d.failures, d.duration)
+	return d
+}
+
+// DNS records one pod's DNS proxy queries. It implements ztunnel/dns.Observer; get one per pod
+// from [Metrics.DNS].
+type DNS struct {
+	m                *dnsMetrics
+	service, version string
+}
+
+// DNS returns the DNS observer for a pod with the given canonical service and revision (empty
+// values are reported as "unknown" and "latest"). A nil *Metrics returns a nil *DNS, whose
+// methods do nothing.
+func (m *Metrics) DNS(canonicalService, canonicalRevision string) *DNS {
+	if m == nil {
+		return nil
+	}
+	return &DNS{m: m.dnsVecs, service: orDefault(canonicalService, unknown), version: orDefault(canonicalRevision, latest)}
+}
+
+// ObserveRequest counts a query of queryType ("a", "aaaa", ...) over protocol ("udp", "tcp").
+func (d *DNS) ObserveRequest(queryType, protocol string) {
+	if d == nil {
+		return
+	}
+	d.m.requests.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
+}
+
+// ObserveUpstream counts a forwarded query, its duration, and its failure when err is not nil.
+func (d *DNS) ObserveUpstream(queryType, protocol string, took time.Duration, err error) {
+	if d == nil {
+		return
+	}
+	d.m.upstream.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
+	d.m.duration.WithLabelValues(queryType, protocol, d.service, d.version).Observe(took.Seconds())
+	if err != nil {
+		d.m.failures.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
+	}
+}

@@ -1,0 +1,77 @@
+package metrics
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ambit-mesh/ambit/ztunnel/dns"
+)
+
+var _ dns.Observer = (*DNS)(nil)
+
+func histogramCount(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) uint64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metric:
+		for _, m := range mf.GetMetric() {
+			got := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				got[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if got[k] != v {
+					continue metric
+				}
+			}
+			return m.GetHistogram().GetSampleCount()
+		}
+	}
+	return 0
+}
+
+func TestDNS(t *testing.T) {
+	m := New()
+	pod := m.DNS("productpage", "v1")
+	pod.ObserveRequest("a", "udp")
+	pod.ObserveRequest("a", "udp")
+	pod.ObserveRequest("aaaa", "tcp")
+	pod.ObserveUpstream("aaaa", "tcp", 3*time.Millisecond, nil)
+	pod.ObserveUpstream("aaaa", "tcp", 5*time.Second, errors.New("no upstream answered"))
+	m.DNS("", "").ObserveRequest("srv", "udp")
+
+	aUDP := map[string]string{"request_query_type": "a", "request_protocol": "udp", "source_canonical_service": "productpage", "source_canonical_revision": "v1"}
+	aaaaTCP := map[string]string{"request_query_type": "aaaa", "request_protocol": "tcp", "source_canonical_service": "productpage", "source_canonical_revision": "v1"}
+	anon := map[string]string{"request_query_type": "srv", "source_canonical_service": "unknown", "source_canonical_revision": "latest"}
+	tests := []struct {
+		name   string
+		metric string
+		labels map[string]string
+		want   float64
+	}{
+		{"requests a/udp", "istio_dns_requests_total", aUDP, 2},
+		{"requests aaaa/tcp", "istio_dns_requests_total", aaaaTCP, 1},
+		{"requests of an unknown pod", "istio_dns_requests_total", anon, 1},
+		{"upstream", "istio_dns_upstream_requests_total", aaaaTCP, 2},
+		{"failures", "istio_dns_upstream_failures_total", aaaaTCP, 1},
+	}
+	for _, tt := range tests {
+		if got, _ := value(t, m.Gatherer(), tt.metric, tt.labels); got != tt.want {
+			t.Errorf("%s: %s%v got %v, want %v", tt.name, tt.metric, tt.labels, got, tt.want)
+		}
+	}
+	if got := histogramCount(t, m.Gatherer(), "istio_dns_upstream_request_duration_seconds", aaaaTCP); got != 2 {
+		t.Errorf("duration samples: got %d, want 2", got)
+	}
+	var nilM *Metrics
+	nilM.DNS("a", "b").ObserveUpstream("a", "udp", time.Second, nil) // no panic
+}
