@@ -71,6 +71,7 @@ struct sock_tuple4 {
 
 enum {
 	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_LRU_HASH = 9,
 };
 
@@ -95,6 +96,7 @@ static struct bpf_sock *(*bpf_sk_lookup_udp)(void *ctx, struct sock_tuple4 *tupl
 static long (*bpf_sk_release)(void *sock) = (void *)86;
 static struct bpf_sock *(*bpf_skc_lookup_tcp)(void *ctx, struct sock_tuple4 *tuple, __u32 tuple_size, __u64 netns, __u64 flags) = (void *)99;
 static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
+static long (*bpf_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) = (void *)152;
 
 /* The data-plane contract (DESIGN.md section 3). */
 #define ZTUNNEL_MARK 0x539
@@ -110,6 +112,8 @@ static long (*bpf_sk_assign)(void *ctx, void *sk, __u64 flags) = (void *)124;
 #define ETH_P_IP 0x0800
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 
 struct iphdr {
 	__u8 ihl_version; /* little-endian bitfield order: ihl in the low nibble */
@@ -147,6 +151,7 @@ struct udphdr {
 struct pkt {
 	struct sock_tuple4 tuple; /* as received: saddr = sender */
 	__u8 proto;
+	__u8 tcp_flags; /* TCP only */
 	__u32 l3; /* offset of the IP header */
 	__u32 l4; /* offset of the TCP or UDP header */
 };
@@ -173,8 +178,14 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	__be16 *ports = (void *)ip + ihl;
 	if ((void *)(ports + 2) > end)
 		return 0;
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *th = (void *)ports;
+		if ((void *)(th + 1) > end)
+			return 0;
+		p->tcp_flags = th->flags;
+	} else if (ip->protocol != IPPROTO_UDP) {
 		return 0;
+	}
 	p->proto = ip->protocol;
 	p->tuple.saddr = ip->saddr;
 	p->tuple.daddr = ip->daddr;
@@ -183,6 +194,16 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 	p->l3 = ETH_HLEN;
 	p->l4 = ETH_HLEN + ihl;
 	return 1;
+}
+
+static __always_inline int is_syn(struct pkt *p)
+{
+	return (p->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+static __always_inline void set_ztunnel_mark(struct __sk_buff *skb)
+{
+	skb->mark = (skb->mark & ~ZTUNNEL_MARK_MASK) | ZTUNNEL_MARK;
 }
 
 static __always_inline int ztunnel_marked(struct __sk_buff *skb)

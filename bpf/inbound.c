@@ -18,7 +18,7 @@ int ambit_inbound(struct __sk_buff *skb)
 	struct pkt p = {};
 
 	if (skb->protocol == bpf_htons(ETH_P_IP))
-		skb->mark = (skb->mark & ~ZTUNNEL_MARK_MASK) | ZTUNNEL_MARK;
+		set_ztunnel_mark(skb);
 	if (!parse(skb, &p) || p.proto != IPPROTO_TCP)
 		return TCX_NEXT;
 	if (p.tuple.saddr == bpf_htonl(PROBE_ADDR) || p.tuple.dport == bpf_htons(PORT_HBONE))

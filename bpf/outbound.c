@@ -5,7 +5,9 @@
  * route keeps the packet's destination); here a new TCP connection is handed to ztunnel's
  * outbound listener on 15001 (15053 for TCP port 53) and a UDP DNS query to ztunnel's DNS
  * socket on 15053, remembering the query's destination so ztunnel's answer can be given back
- * the address the app asked. */
+ * the address the app asked. Packets of connections that sockets here own pass (the app's
+ * replies to ztunnel's spoofed inbound connections among them), and packets of connections
+ * opened before enrolment go back out of the pod. */
 
 #include "common.h"
 
@@ -17,6 +19,18 @@ struct {
 	__type(key, __be32);
 	__type(value, __u8);
 } local_addrs SEC(".maps");
+
+/* config[0] is set by the loader. */
+struct config {
+	__u32 egress_ifindex; /* the interface of the main table's default route */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
 
 struct endpoint {
 	__be32 addr;
@@ -79,6 +93,19 @@ static __always_inline int capture_dns_udp(struct __sk_buff *skb, struct pkt *p)
 	return err ? TCX_DROP : TCX_PASS;
 }
 
+/* send_out puts a packet of a connection that no socket here owns (one the app opened before
+ * enrolment) back on its way out of the pod: marked like ztunnel's packets, the route lookup
+ * of bpf_redirect_neigh skips the capture rules. */
+static __always_inline int send_out(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct config *c = bpf_map_lookup_elem(&config, &zero);
+	if (!c || !c->egress_ifindex)
+		return TCX_DROP;
+	set_ztunnel_mark(skb);
+	return bpf_redirect_neigh(c->egress_ifindex, 0, 0, 0);
+}
+
 SEC("tcx/ingress")
 int ambit_outbound(struct __sk_buff *skb)
 {
@@ -100,6 +127,8 @@ int ambit_outbound(struct __sk_buff *skb)
 	}
 	if (owned_by_socket(skb, &p.tuple))
 		return TCX_NEXT;
+	if (!is_syn(&p))
+		return send_out(skb);
 	if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))
 		return assign_tcp(skb, &p.tuple, PORT_DNS);
 	return assign_tcp(skb, &p.tuple, PORT_OUTBOUND);

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type outboundConfig struct {
+	_             structs.HostLayout
+	EgressIfindex uint32
+}
+
 type outboundEndpoint struct {
 	_    structs.HostLayout
 	Addr uint32
@@ -24,6 +29,7 @@ type outboundEndpoint struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	outboundMapConfig         = "config"
 	outboundMapDnsOrigin      = "dns_origin"
 	outboundMapLocalAddrs     = "local_addrs"
 	outboundProgAmbitOutbound = "ambit_outbound"
@@ -78,6 +84,7 @@ type outboundProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type outboundMapSpecs struct {
+	Config     *ebpf.MapSpec `ebpf:"config"`
 	DnsOrigin  *ebpf.MapSpec `ebpf:"dns_origin"`
 	LocalAddrs *ebpf.MapSpec `ebpf:"local_addrs"`
 }
@@ -108,12 +115,14 @@ func (o *outboundObjects) Close() error {
 //
 // It can be passed to loadOutboundObjects or ebpf.CollectionSpec.LoadAndAssign.
 type outboundMaps struct {
+	Config     *ebpf.Map `ebpf:"config"`
 	DnsOrigin  *ebpf.Map `ebpf:"dns_origin"`
 	LocalAddrs *ebpf.Map `ebpf:"local_addrs"`
 }
 
 func (m *outboundMaps) Close() error {
 	return _OutboundClose(
+		m.Config,
 		m.DnsOrigin,
 		m.LocalAddrs,
 	)

@@ -153,6 +153,20 @@ func syncLocalAddrs(prog *ebpf.Program, addrs []netip.Addr) error {
 	return nil
 }
 
+// setEgress stores the interface through which send_out (outbound.c) sends packets of
+// connections opened before enrolment.
+func setEgress(prog *ebpf.Program, ifindex int) error {
+	m, err := programMap(prog, "config")
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), outboundConfig{EgressIfindex: uint32(ifindex)}); err != nil {
+		return fmt.Errorf("writing config: %w", err)
+	}
+	return nil
+}
+
 // programMap opens the map called name that prog uses.
 func programMap(prog *ebpf.Program, name string) (*ebpf.Map, error) {
 	info, err := prog.Info()

@@ -115,6 +115,9 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 		return err
 	}
 	err = syncLocalAddrs(out, addrs)
+	if err == nil {
+		err = setEgress(out, egressLink(others))
+	}
 	out.Close()
 	if err != nil {
 		return err
@@ -302,6 +305,23 @@ func links() (lo int, others []iface, err error) {
 		return 0, nil, errors.New("listing interfaces: the namespace has no loopback interface")
 	}
 	return lo, others, nil
+}
+
+// egressLink returns the interface of the main table's IPv4 default route, else the first
+// interface that is not lo, else 0.
+func egressLink(others []iface) int {
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err == nil {
+		for _, r := range routes {
+			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.LinkIndex > 0 {
+				return r.LinkIndex
+			}
+		}
+	}
+	if len(others) > 0 {
+		return others[0].index
+	}
+	return 0
 }
 
 // localAddrs returns the namespace's IPv4 addresses plus podIPs, and the source address for

@@ -3,6 +3,7 @@ package bpf
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -190,5 +191,48 @@ func TestReconcile(t *testing.T) {
 func TestDetachGoneNetns(t *testing.T) {
 	if err := newRedirector(t).Detach(context.Background(), "/proc/self/ns/does-not-exist"); err != nil {
 		t.Errorf("Detach of a missing netns: %v, want nil", err)
+	}
+}
+
+// TestEstablishedConnectionsSurvive: connections open before Attach, in and out, keep
+// working; only new ones are captured.
+func TestEstablishedConnectionsSurvive(t *testing.T) {
+	ctx := context.Background()
+	tp := newTopo(t)
+	startApps(t, tp)
+	startZtunnel(t, tp)
+	echo(t, tp.pod, "0.0.0.0:7")
+	echo(t, tp.peer, "0.0.0.0:7")
+	out, err := tp.pod.DialContext(ctx, "tcp4", ap(remoteIP, 7).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	in, err := tp.peer.DialContext(ctx, "tcp4", ap(podIP, 7).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	for _, c := range []net.Conn{out, in} {
+		if err := roundTrip(c, "before"); err != nil {
+			t.Fatalf("before Attach: %v", err)
+		}
+	}
+	r := newRedirector(t)
+	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	big := strings.Repeat("x", 200<<10) // many segments, past any window
+	for name, c := range map[string]net.Conn{"outbound": out, "inbound": in} {
+		if err := roundTrip(c, "after"); err != nil {
+			t.Errorf("%s connection after Attach: %v", name, err)
+		}
+		if err := roundTrip(c, big); err != nil {
+			t.Errorf("%s connection after Attach, 200 KiB: %v", name, err)
+		}
+	}
+	runChecks(t, tp, captured[:1])
+	if err := r.Detach(ctx, tp.podPath); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -263,4 +264,51 @@ func query(h *netns.Handle, dst netip.AddrPort, msg string) (string, error) {
 	buf := make([]byte, 512)
 	n, err := c.Read(buf)
 	return string(buf[:n]), err
+}
+
+// echo serves on addr inside h, copying back what each connection sends.
+func echo(t testing.TB, h *netns.Handle, addr string) {
+	t.Helper()
+	ln, err := h.Listen(context.Background(), &net.ListenConfig{}, "tcp4", addr)
+	if err != nil {
+		t.Fatalf("listen %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+}
+
+// roundTrip sends msg on c and reads it back.
+func roundTrip(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte(msg)); err != nil {
+		return err
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != msg {
+		return fmt.Errorf("echo returned %q, want %q", buf, msg)
+	}
+	return nil
 }
