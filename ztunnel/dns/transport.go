@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -16,9 +17,30 @@ const maxMsg = 65535
 // serveUDP reads queries until pc is closed, handling each on its own goroutine under the
 // in-flight bound.
 func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, wg *sync.WaitGroup) error {
+	uc, _ := pc.(*net.UDPConn)
+	if uc != nil && !enablePktinfo(uc) {
+		uc = nil
+	}
 	buf := make([]byte, maxMsg)
+	oob := make([]byte, 256)
 	for {
-		n, addr, err := pc.ReadFrom(buf)
+		var (
+			n    int
+			from net.Addr
+			dst  netip.Addr // where the query was sent, when the socket reports it
+			err  error
+		)
+		if uc != nil {
+			var oobn int
+			var ap netip.AddrPort
+			n, oobn, _, ap, err = uc.ReadMsgUDPAddrPort(buf, oob)
+			from = net.UDPAddrFromAddrPort(ap)
+			if err == nil {
+				dst = packetDst(oob[:oobn])
+			}
+		} else {
+			n, from, err = pc.ReadFrom(buf)
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
@@ -39,11 +61,23 @@ func (s *Server) serveUDP(ctx context.Context, pc net.PacketConn, wg *sync.WaitG
 			qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
 			defer cancel()
 			if resp := s.handle(qctx, req, false); resp != nil {
-				// A failed write to one client is that client's problem, not the server's.
-				_, _ = pc.WriteTo(resp, addr)
+				writeUDP(pc, uc, resp, from, dst)
 			}
 		})
 	}
+}
+
+// writeUDP sends resp to the client from the address its query was sent to, if known. A failed
+// write to one client is that client's problem, not the server's, so errors are dropped.
+func writeUDP(pc net.PacketConn, uc *net.UDPConn, resp []byte, to net.Addr, src netip.Addr) {
+	if uc != nil && src.IsValid() {
+		if ua, ok := to.(*net.UDPAddr); ok {
+			if _, _, err := uc.WriteMsgUDPAddrPort(resp, sourceOOB(src), ua.AddrPort()); err == nil {
+				return
+			}
+		}
+	}
+	_, _ = pc.WriteTo(resp, to)
 }
 
 // serveTCP accepts connections until ln is closed, serving at most MaxTCPConns at once.
