@@ -97,7 +97,7 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) []byte {
 		}
 		// The zone apex itself exists (it has an SOA upstream), so only names below it are
 		// answered NXDOMAIN.
-		if s.cfg.Authoritative && strings.HasSuffix(q.name, "."+s.svcZone) {
+		if s.cfg.Authoritative && strings.HasSuffix(q.name, s.svcSuffix) {
 			return s.reply(q, dnsmessage.RCodeNameError, nil, tcp)
 		}
 	}

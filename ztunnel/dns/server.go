@@ -100,11 +100,13 @@ var ErrNoResolver = errors.New("dns: config has no resolver")
 
 // Server is one pod's DNS proxy. Create it with [New] and run it with [Server.Serve].
 type Server struct {
-	cfg      Config
-	svcZone  string // "svc.cluster.local", lowercase, no dots at the ends
-	ttl      uint32
-	inFlight chan struct{}
-	tcpConns chan struct{}
+	cfg Config
+	// svcSuffix is ".svc.<cluster domain>", lowercase: names under it are the cluster's
+	// Services (answered NXDOMAIN in Authoritative mode when unknown).
+	svcSuffix string
+	ttl       uint32
+	inFlight  chan struct{}
+	tcpConns  chan struct{}
 
 	dropped atomic.Uint64
 }
@@ -145,11 +147,11 @@ func New(cfg Config) (*Server, error) {
 		}
 	}
 	return &Server{
-		cfg:      cfg,
-		svcZone:  "svc." + normalize(cfg.ClusterDomain),
-		ttl:      uint32(cfg.TTL / time.Second),
-		inFlight: make(chan struct{}, cfg.MaxInFlight),
-		tcpConns: make(chan struct{}, cfg.MaxTCPConns),
+		cfg:       cfg,
+		svcSuffix: ".svc." + normalize(cfg.ClusterDomain),
+		ttl:       uint32(cfg.TTL / time.Second),
+		inFlight:  make(chan struct{}, cfg.MaxInFlight),
+		tcpConns:  make(chan struct{}, cfg.MaxTCPConns),
 	}, nil
 }
 

@@ -28,6 +28,11 @@ type Metrics struct {
 	opened, closed, sent, received *prometheus.CounterVec
 	dnsVecs                        *dnsMetrics
 
+	// sets caches the counters of each label set (Labels -> *counterSet): one comparable-struct
+	// lookup instead of four label-value lookups in the vectors per connection. Like the
+	// vectors themselves, it keeps every label set ever seen.
+	sets sync.Map
+
 	// mu guards live, the open connections whose bytes a scrape must flush.
 	mu   sync.Mutex
 	live map[*Conn]struct{}
@@ -92,18 +97,31 @@ func (m *Metrics) Open(l Labels) *Conn {
 	if m == nil {
 		return nil
 	}
-	v := l.values()
-	c := &Conn{
-		m:        m,
-		closed:   m.closed.WithLabelValues(v...),
-		sent:     m.sent.WithLabelValues(v...),
-		received: m.received.WithLabelValues(v...),
-		labels:   l,
-	}
-	c.start = time.Now()
-	m.opened.WithLabelValues(v...).Inc()
+	cs := m.counters(l)
+	c := &Conn{m: m, closed: cs.closed, sent: cs.sent, received: cs.received, labels: l, start: time.Now()}
+	cs.opened.Inc()
 	m.mu.Lock()
 	m.live[c] = struct{}{}
 	m.mu.Unlock()
 	return c
+}
+
+// counterSet is the four counters of one label set.
+type counterSet struct {
+	opened, closed, sent, received prometheus.Counter
+}
+
+func (m *Metrics) counters(l Labels) *counterSet {
+	if cs, ok := m.sets.Load(l); ok {
+		return cs.(*counterSet)
+	}
+	v := l.values()
+	cs := &counterSet{
+		opened:   m.opened.WithLabelValues(v...),
+		closed:   m.closed.WithLabelValues(v...),
+		sent:     m.sent.WithLabelValues(v...),
+		received: m.received.WithLabelValues(v...),
+	}
+	got, _ := m.sets.LoadOrStore(l, cs)
+	return got.(*counterSet)
 }
