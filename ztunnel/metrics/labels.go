@@ -1,5 +1,7 @@
 package metrics
 
+import workloadpb "github.com/ambit-mesh/ambit/api/workload"
+
 // Labels are Istio's standard TCP metric labels for one connection, as ztunnel reports them.
 // Empty values are reported as "unknown", except the canonical revisions ("latest", as Istio
 // does), RequestProtocol ("tcp") and ResponseFlags ("-").
@@ -104,4 +106,47 @@ func (l Labels) values() []string {
 		orDefault(l.ResponseFlags, "-"),
 		u(l.ConnectionSecurityPolicy),
 	}
+}
+
+// SetSource fills the source_* labels from the client's workload and the identity it proved
+// (principal, a SPIFFE URI; "" when it proved none). A nil w leaves the workload labels alone.
+func (l *Labels) SetSource(w *workloadpb.Workload, principal string) {
+	l.SourcePrincipal = principal
+	if w == nil {
+		return
+	}
+	l.SourceWorkload = w.GetWorkloadName()
+	l.SourceWorkloadNamespace = w.GetNamespace()
+	l.SourceCanonicalService = w.GetCanonicalName()
+	l.SourceCanonicalRevision = w.GetCanonicalRevision()
+	l.SourceApp = w.GetCanonicalName()
+	l.SourceVersion = w.GetCanonicalRevision()
+	l.SourceCluster = w.GetClusterId()
+}
+
+// SetDestination fills the destination workload labels from the server's workload and its
+// identity (principal, a SPIFFE URI). A nil w leaves the workload labels alone.
+func (l *Labels) SetDestination(w *workloadpb.Workload, principal string) {
+	l.DestinationPrincipal = principal
+	if w == nil {
+		return
+	}
+	l.DestinationWorkload = w.GetWorkloadName()
+	l.DestinationWorkloadNamespace = w.GetNamespace()
+	l.DestinationCanonicalService = w.GetCanonicalName()
+	l.DestinationCanonicalRevision = w.GetCanonicalRevision()
+	l.DestinationApp = w.GetCanonicalName()
+	l.DestinationVersion = w.GetCanonicalRevision()
+	l.DestinationCluster = w.GetClusterId()
+}
+
+// SetService fills the destination_service* labels from the Service the client addressed; a
+// nil s (the client dialled a pod IP) leaves them alone.
+func (l *Labels) SetService(s *workloadpb.Service) {
+	if s == nil {
+		return
+	}
+	l.DestinationService = s.GetHostname()
+	l.DestinationServiceName = s.GetName()
+	l.DestinationServiceNamespace = s.GetNamespace()
 }

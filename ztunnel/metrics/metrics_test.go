@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	workloadpb "github.com/ambit-mesh/ambit/api/workload"
 )
 
 // value returns the counter name{labels} from g, and whether it exists.
@@ -265,5 +267,29 @@ func BenchmarkOpenClose(b *testing.B) {
 	m := New()
 	for b.Loop() {
 		m.Open(fullLabels).Close()
+	}
+}
+
+func TestSetLabels(t *testing.T) {
+	productpage := &workloadpb.Workload{Name: "productpage-v1-abc", Namespace: "default", WorkloadName: "productpage-v1",
+		CanonicalName: "productpage", CanonicalRevision: "v1", ClusterId: "Kubernetes"}
+	reviews := &workloadpb.Workload{Name: "reviews-v2-xyz", Namespace: "default", WorkloadName: "reviews-v2",
+		CanonicalName: "reviews", CanonicalRevision: "v2", ClusterId: "Kubernetes"}
+	svc := &workloadpb.Service{Name: "reviews", Namespace: "default", Hostname: "reviews.default.svc.cluster.local"}
+
+	l := Labels{Reporter: ReporterDestination, ConnectionSecurityPolicy: SecurityMutualTLS, SourceApp: "stale"}
+	l.SetSource(productpage, fullLabels.SourcePrincipal)
+	l.SetDestination(reviews, fullLabels.DestinationPrincipal)
+	l.SetService(svc)
+	if l != fullLabels {
+		t.Errorf("labels:\n got %+v\nwant %+v", l, fullLabels)
+	}
+
+	var empty Labels
+	empty.SetSource(nil, "")
+	empty.SetDestination(nil, "spiffe://cluster.local/ns/a/sa/b")
+	empty.SetService(nil)
+	if want := (Labels{DestinationPrincipal: "spiffe://cluster.local/ns/a/sa/b"}); empty != want {
+		t.Errorf("labels from nil: got %+v, want %+v", empty, want)
 	}
 }
