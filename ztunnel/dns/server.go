@@ -34,7 +34,9 @@ import (
 	"time"
 )
 
-// Resolver tells the proxy the addresses of hosts ztunnel knows.
+// Resolver tells the proxy the addresses of hosts ztunnel knows. A Server serves one pod, so
+// give it a Resolver bound to that pod: the pod's namespace decides between same-named hosts
+// (ServiceEntry hosts in several namespaces, Services marked canonical).
 type Resolver interface {
 	// LookupHost returns the addresses of name, a lowercase fully qualified name without the
 	// trailing dot (e.g. "reviews.default.svc.cluster.local"). ok is false if the host is
