@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -82,6 +83,7 @@ func writeUDP(pc net.PacketConn, uc *net.UDPConn, resp []byte, to net.Addr, src 
 
 // serveTCP accepts connections until ln is closed, serving at most MaxTCPConns at once.
 func (s *Server) serveTCP(ctx context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -92,8 +94,20 @@ func (s *Server) serveTCP(ctx context.Context, ln net.Listener, wg *sync.WaitGro
 			if errors.As(err, &ne) && ne.Timeout() {
 				continue
 			}
-			return err
+			if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) && !errors.Is(err, syscall.ECONNABORTED) {
+				return err
+			}
+			// Out of descriptors, or a client gave up during the handshake: the listener
+			// itself is fine, so back off and keep serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return nil
+			}
+			continue
 		}
+		backoff = 0
 		select {
 		case s.tcpConns <- struct{}{}:
 		default:
