@@ -12,7 +12,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 )
 
-// flakyListener fails its first Accepts with errs, then accepts from the real listener.
+// flakyListener fails its first Accepts with errs, then accepts from the inner listener.
 type flakyListener struct {
 	net.Listener
 	errs  []error
@@ -42,11 +42,11 @@ func TestAcceptErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			real, err := net.Listen("tcp4", "127.0.0.1:0")
+			inner, err := net.Listen("tcp4", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
 			}
-			ln := &flakyListener{Listener: real, errs: tt.errs}
+			ln := &flakyListener{Listener: inner, errs: tt.errs}
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -57,7 +57,7 @@ func TestAcceptErrors(t *testing.T) {
 				}
 				return
 			}
-			m := exchange(t, "tcp", real.Addr().String(), q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA, id: 5}.pack(t))
+			m := exchange(t, "tcp", inner.Addr().String(), q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA, id: 5}.pack(t))
 			if m.ID != 5 || len(m.Answers) != 1 {
 				t.Errorf("answer after accept errors: got id %d with %d answers, want id 5 with 1", m.ID, len(m.Answers))
 			}
