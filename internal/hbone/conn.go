@@ -1,0 +1,720 @@
+package hbone
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+// HTTP/2 parameters of DESIGN.md section 4.
+const (
+	streamWindow = 4 << 20  // SETTINGS_INITIAL_WINDOW_SIZE we advertise
+	connWindow   = 16 << 20 // connection receive window
+	maxFrameSize = 1 << 20  // SETTINGS_MAX_FRAME_SIZE we advertise and our cap on sending
+	// Window credit is returned in batches of a quarter window.
+	streamUpdateThreshold = streamWindow / 4
+	connUpdateThreshold   = connWindow / 4
+
+	defaultPingInterval = 10 * time.Second
+	defaultPingTimeout  = 20 * time.Second
+
+	initialWindow   = 65535 // RFC 9113 default for both windows
+	defaultMaxFrame = 16384
+	maxHeaderList   = 64 << 10
+	maxWindow       = 1<<31 - 1
+	readBufSize     = 64 << 10
+	writeBufSize    = 64 << 10
+)
+
+var clientPreface = []byte(http2.ClientPreface)
+
+// ErrConnClosed is returned by stream operations after the HBONE connection
+// carrying the stream has closed. The connection's own error is wrapped next to it.
+var ErrConnClosed = errors.New("hbone connection closed")
+
+// errGoAway is wrapped when a stream cannot start because the peer sent GOAWAY.
+var errGoAway = errors.New("connection is going away")
+
+type ctlKind uint8
+
+const (
+	ctlWindowUpdate ctlKind = iota
+	ctlRST
+	ctlPing
+	ctlPingAck
+	ctlSettingsAck
+)
+
+// ctlFrame is a small frame queued by goroutines that must not block on the
+// connection's write lock (the read loop above all).
+type ctlFrame struct {
+	kind ctlKind
+	sid  uint32
+	val  uint32
+	data [8]byte
+}
+
+// connConfig is what a connection needs from its server or pool.
+type connConfig struct {
+	pingInterval, pingTimeout time.Duration
+	idleTimeout               time.Duration // client only; 0 = never
+	maxStreams                uint32        // SETTINGS_MAX_CONCURRENT_STREAMS we advertise (server)
+	onClose                   func(*conn)
+}
+
+// conn is one HBONE connection (either side): an HTTP/2 connection that only
+// carries CONNECT streams.
+type conn struct {
+	nc     net.Conn
+	client bool
+	peer   identity.Identity
+	cfg    connConfig
+	srv    *Server // server side only
+
+	br  *bufio.Reader
+	rfr *http2.Framer // reads non-DATA frames from br; used by the read loop only
+
+	wwait        atomic.Int32 // goroutines waiting for wmu: the last one flushes
+	wmu          sync.Mutex   // wmu guards the fields below (the write side)
+	bw           *bufio.Writer
+	wfr          *http2.Framer
+	henc         *hpack.Encoder
+	hbuf         bytes.Buffer
+	hdr          [9]byte
+	henTableSize uint32
+
+	mu           sync.Mutex // mu guards the fields below and every Stream's state
+	streams      map[uint32]*Stream
+	sendWin      int64 // connection send window
+	recvWin      int64 // connection receive window left to the peer
+	recvUnacked  int64 // bytes consumed (or discarded) not yet credited back
+	peerInitWin  int64
+	peerMaxFrame uint32
+	peerMaxStr   uint32
+	peerTable    uint32
+	nextID       uint32 // client: next stream id
+	lastPeerID   uint32 // server: highest stream id the peer opened
+	reserved     int    // client: slots reserved by Pool.Dial not yet opened
+	goaway       bool   // no new streams (GOAWAY sent or received)
+	err          error  // set once when the connection closed
+	idleSince    time.Time
+	pingOut      bool
+	pingSent     time.Time
+	gotSettings  bool
+
+	ctlMu     sync.Mutex // ctlMu guards ctlq
+	ctlq      []ctlFrame
+	ctlSpare  []ctlFrame
+	ctlNotify chan struct{}
+
+	done chan struct{}
+	wg   sync.WaitGroup // the read and control loops
+}
+
+func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *conn {
+	if cfg.pingInterval <= 0 {
+		cfg.pingInterval = defaultPingInterval
+	}
+	if cfg.pingTimeout <= 0 {
+		cfg.pingTimeout = defaultPingTimeout
+	}
+	c := &conn{
+		nc:           nc,
+		client:       client,
+		peer:         peer,
+		cfg:          cfg,
+		br:           bufio.NewReaderSize(nc, readBufSize),
+		bw:           bufio.NewWriterSize(nc, writeBufSize),
+		streams:      make(map[uint32]*Stream),
+		sendWin:      initialWindow,
+		recvWin:      connWindow,
+		peerInitWin:  initialWindow,
+		peerMaxFrame: defaultMaxFrame,
+		peerMaxStr:   1000,
+		peerTable:    4096,
+		henTableSize: 4096,
+		nextID:       1,
+		idleSince:    time.Now(),
+		ctlNotify:    make(chan struct{}, 1),
+		done:         make(chan struct{}),
+	}
+	c.rfr = http2.NewFramer(nil, c.br)
+	c.rfr.SetMaxReadFrameSize(maxFrameSize)
+	c.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	c.rfr.MaxHeaderListSize = maxHeaderList
+	c.wfr = http2.NewFramer(c.bw, nil)
+	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// start writes our preface and settings and starts the read and control loops.
+func (c *conn) start() error {
+	c.lockWrite()
+	if c.client {
+		c.bw.Write(clientPreface)
+	}
+	settings := []http2.Setting{
+		{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
+		{ID: http2.SettingInitialWindowSize, Val: streamWindow},
+		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+	}
+	if c.client {
+		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	} else {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.maxStreams})
+	}
+	c.wfr.WriteSettings(settings...)
+	c.wfr.WriteWindowUpdate(0, connWindow-initialWindow)
+	err := c.bw.Flush()
+	c.wmu.Unlock()
+	if err != nil {
+		c.closeWith(fmt.Errorf("write preface: %w", err))
+		return err
+	}
+	c.wg.Add(2)
+	go c.readLoop()
+	go c.ctlLoop()
+	return nil
+}
+
+func (c *conn) lockWrite() {
+	c.wwait.Add(1)
+	c.wmu.Lock()
+	c.wwait.Add(-1)
+}
+
+// unlockWrite flushes unless another writer is queued (it will flush), so
+// concurrent writers share TLS records and syscalls.
+func (c *conn) unlockWrite() error {
+	var err error
+	if c.wwait.Load() == 0 {
+		err = c.bw.Flush()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.closeWith(fmt.Errorf("write: %w", err))
+	}
+	return err
+}
+
+// writeDataLocked writes one DATA frame; wmu must be held.
+func (c *conn) writeDataLocked(sid uint32, p []byte, end bool) error {
+	h := &c.hdr
+	n := len(p)
+	h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+	h[3] = byte(http2.FrameData)
+	h[4] = 0
+	if end {
+		h[4] = byte(http2.FlagDataEndStream)
+	}
+	binary.BigEndian.PutUint32(h[5:], sid)
+	if _, err := c.bw.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := c.bw.Write(p)
+	return err
+}
+
+// writeHeadersLocked encodes fields and writes HEADERS (+CONTINUATION); wmu must be held.
+func (c *conn) writeHeadersLocked(sid uint32, fields []hpack.HeaderField, end bool) error {
+	c.mu.Lock()
+	table, maxFrame := c.peerTable, c.peerMaxFrame
+	c.mu.Unlock()
+	if table != c.henTableSize {
+		c.henc.SetMaxDynamicTableSizeLimit(table)
+		c.henTableSize = table
+	}
+	c.hbuf.Reset()
+	for _, f := range fields {
+		if err := c.henc.WriteField(f); err != nil {
+			return err
+		}
+	}
+	block := c.hbuf.Bytes()
+	first := block
+	if len(first) > int(maxFrame) {
+		first = first[:maxFrame]
+	}
+	block = block[len(first):]
+	if err := c.wfr.WriteHeaders(http2.HeadersFrameParam{StreamID: sid, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+		return err
+	}
+	for len(block) > 0 {
+		frag := block
+		if len(frag) > int(maxFrame) {
+			frag = frag[:maxFrame]
+		}
+		block = block[len(frag):]
+		if err := c.wfr.WriteContinuation(sid, len(block) == 0, frag); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// queue hands a control frame to the control loop.
+func (c *conn) queue(f ctlFrame) {
+	c.ctlMu.Lock()
+	c.ctlq = append(c.ctlq, f)
+	c.ctlMu.Unlock()
+	select {
+	case c.ctlNotify <- struct{}{}:
+	default:
+	}
+}
+
+// ctlLoop writes queued control frames, sends PINGs, enforces the PING timeout
+// and, on the client, the idle timeout.
+func (c *conn) ctlLoop() {
+	defer c.wg.Done()
+	tick := c.cfg.pingInterval
+	if c.cfg.idleTimeout > 0 && c.cfg.idleTimeout/4 < tick {
+		tick = max(c.cfg.idleTimeout/4, time.Millisecond)
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	lastPing := time.Now()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-c.ctlNotify:
+		case now := <-t.C:
+			c.mu.Lock()
+			if c.pingOut && now.Sub(c.pingSent) >= c.cfg.pingTimeout {
+				c.mu.Unlock()
+				c.closeWith(fmt.Errorf("no PING answer from %v within %v", c.nc.RemoteAddr(), c.cfg.pingTimeout))
+				return
+			}
+			ping := !c.pingOut && now.Sub(lastPing) >= c.cfg.pingInterval
+			if ping {
+				c.pingOut, c.pingSent, lastPing = true, now, now
+			}
+			idle := c.cfg.idleTimeout > 0 && len(c.streams) == 0 && c.reserved == 0 && now.Sub(c.idleSince) >= c.cfg.idleTimeout
+			if idle {
+				c.goaway = true
+			}
+			c.mu.Unlock()
+			if idle {
+				c.shutdown(http2.ErrCodeNo, errIdle)
+				return
+			}
+			if ping {
+				c.queue(ctlFrame{kind: ctlPing})
+			}
+			continue
+		}
+		c.ctlMu.Lock()
+		q := c.ctlq
+		c.ctlq = c.ctlSpare[:0]
+		c.ctlMu.Unlock()
+		if len(q) == 0 {
+			c.ctlSpare = q
+			continue
+		}
+		c.lockWrite()
+		var err error
+		for i := range q {
+			f := &q[i]
+			switch f.kind {
+			case ctlWindowUpdate:
+				err = c.wfr.WriteWindowUpdate(f.sid, f.val)
+			case ctlRST:
+				err = c.wfr.WriteRSTStream(f.sid, http2.ErrCode(f.val))
+			case ctlPing:
+				err = c.wfr.WritePing(false, f.data)
+			case ctlPingAck:
+				err = c.wfr.WritePing(true, f.data)
+			case ctlSettingsAck:
+				err = c.wfr.WriteSettingsAck()
+			}
+			if err != nil {
+				break
+			}
+		}
+		if err != nil {
+			c.wmu.Unlock()
+			c.closeWith(fmt.Errorf("write: %w", err))
+			return
+		}
+		c.unlockWrite()
+		c.ctlSpare = q[:0]
+	}
+}
+
+var errIdle = errors.New("idle connection released")
+
+// shutdown sends GOAWAY (best effort: it does not wait behind a stuck writer)
+// and closes the connection.
+func (c *conn) shutdown(code http2.ErrCode, err error) {
+	if c.wmu.TryLock() {
+		c.mu.Lock()
+		last := c.lastPeerID
+		c.mu.Unlock()
+		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+		if c.wfr.WriteGoAway(last, code, nil) == nil {
+			c.bw.Flush()
+		}
+		c.wmu.Unlock()
+	}
+	c.closeWith(err)
+}
+
+// closeWith closes the connection once, failing every stream with err.
+func (c *conn) closeWith(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	c.goaway = true
+	for _, s := range c.streams {
+		s.cond.Broadcast()
+	}
+	c.mu.Unlock()
+	close(c.done)
+	c.nc.Close()
+	if c.cfg.onClose != nil {
+		c.cfg.onClose(c)
+	}
+}
+
+// connErr is a connection error: GOAWAY with code, then close.
+type connErr struct {
+	code http2.ErrCode
+	msg  string
+}
+
+func (e connErr) Error() string { return fmt.Sprintf("http2 %v: %s", e.code, e.msg) }
+
+func (c *conn) readLoop() {
+	defer c.wg.Done()
+	err := c.readFrames()
+	var ce connErr
+	if errors.As(err, &ce) {
+		c.shutdown(ce.code, err)
+		return
+	}
+	if errors.Is(err, io.EOF) {
+		err = io.EOF
+	}
+	c.closeWith(err)
+}
+
+func (c *conn) readFrames() error {
+	for {
+		h, err := c.br.Peek(9)
+		if err != nil {
+			return err
+		}
+		if http2.FrameType(h[3]) == http2.FrameData {
+			length := uint32(h[0])<<16 | uint32(h[1])<<8 | uint32(h[2])
+			flags := http2.Flags(h[4])
+			sid := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
+			c.br.Discard(9)
+			if err := c.readData(length, flags, sid); err != nil {
+				return err
+			}
+			continue
+		}
+		f, err := c.rfr.ReadFrame()
+		if err != nil {
+			var se http2.StreamError
+			if errors.As(err, &se) {
+				c.resetStream(se.StreamID, se.Code, fmt.Errorf("stream error: %w", se))
+				if mh, ok := f.(*http2.MetaHeadersFrame); ok && !c.client {
+					c.mu.Lock()
+					c.lastPeerID = max(c.lastPeerID, mh.StreamID)
+					c.mu.Unlock()
+				}
+				continue
+			}
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				return connErr{http2.ErrCode(ce), err.Error()}
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				return connErr{http2.ErrCodeFrameSize, err.Error()}
+			}
+			return err
+		}
+		c.mu.Lock()
+		first := !c.gotSettings
+		c.mu.Unlock()
+		if first {
+			sf, ok := f.(*http2.SettingsFrame)
+			if !ok || sf.IsAck() {
+				return connErr{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+			}
+		}
+		if err := c.handleFrame(f); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *conn) handleFrame(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.SettingsFrame:
+		return c.handleSettings(f)
+	case *http2.MetaHeadersFrame:
+		return c.handleHeaders(f)
+	case *http2.WindowUpdateFrame:
+		return c.handleWindowUpdate(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			c.mu.Lock()
+			c.pingOut = false
+			c.mu.Unlock()
+			return nil
+		}
+		c.queue(ctlFrame{kind: ctlPingAck, data: f.Data})
+	case *http2.RSTStreamFrame:
+		c.mu.Lock()
+		s := c.streams[f.StreamID]
+		if s != nil {
+			s.resetLocked(fmt.Errorf("stream reset by peer: %v", f.ErrCode))
+		} else if c.idleStreamLocked(f.StreamID) {
+			c.mu.Unlock()
+			return connErr{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+		}
+		c.mu.Unlock()
+	case *http2.GoAwayFrame:
+		c.mu.Lock()
+		c.goaway = true
+		for id, s := range c.streams {
+			if c.client && id > f.LastStreamID {
+				s.resetLocked(fmt.Errorf("open stream: %w (GOAWAY %v)", errGoAway, f.ErrCode))
+			}
+		}
+		empty := len(c.streams) == 0
+		c.mu.Unlock()
+		if empty {
+			c.closeWith(fmt.Errorf("peer sent GOAWAY %v", f.ErrCode))
+		}
+	case *http2.PushPromiseFrame:
+		return connErr{http2.ErrCodeProtocol, "PUSH_PROMISE"}
+	}
+	// PRIORITY and unknown frames are ignored.
+	return nil
+}
+
+// idleStreamLocked reports whether sid was never opened.
+func (c *conn) idleStreamLocked(sid uint32) bool {
+	if c.client {
+		return sid%2 == 0 || sid >= c.nextID
+	}
+	return sid > c.lastPeerID
+}
+
+func (c *conn) handleSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gotSettings = true
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			var ce http2.ConnectionError
+			if errors.As(err, &ce) {
+				return connErr{http2.ErrCode(ce), err.Error()}
+			}
+			return err
+		}
+		switch s.ID {
+		case http2.SettingMaxFrameSize:
+			c.peerMaxFrame = min(s.Val, maxFrameSize)
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - c.peerInitWin
+			c.peerInitWin = int64(s.Val)
+			for _, st := range c.streams {
+				st.sendWin += delta
+				if st.sendWin > maxWindow {
+					return connErr{http2.ErrCodeFlowControl, "window overflow"}
+				}
+				st.cond.Broadcast()
+			}
+		case http2.SettingMaxConcurrentStreams:
+			c.peerMaxStr = s.Val
+		case http2.SettingHeaderTableSize:
+			c.peerTable = min(s.Val, 4096)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	c.queue(ctlFrame{kind: ctlSettingsAck})
+	return nil
+}
+
+func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f.StreamID == 0 {
+		c.sendWin += int64(f.Increment)
+		if c.sendWin > maxWindow {
+			return connErr{http2.ErrCodeFlowControl, "connection window overflow"}
+		}
+		for _, s := range c.streams {
+			s.cond.Broadcast()
+		}
+		return nil
+	}
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if c.idleStreamLocked(f.StreamID) {
+			return connErr{http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
+		}
+		return nil
+	}
+	s.sendWin += int64(f.Increment)
+	if s.sendWin > maxWindow {
+		s.resetLocked(errors.New("peer overflowed the stream window"))
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeFlowControl)})
+		return nil
+	}
+	s.cond.Broadcast()
+	return nil
+}
+
+// resetStream sends RST_STREAM for sid and fails the stream locally.
+func (c *conn) resetStream(sid uint32, code http2.ErrCode, err error) {
+	c.mu.Lock()
+	if s := c.streams[sid]; s != nil {
+		s.resetLocked(err)
+	}
+	c.mu.Unlock()
+	c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(code)})
+}
+
+// readData reads one DATA frame's payload (after its header) straight into the
+// stream's receive buffer.
+func (c *conn) readData(length uint32, flags http2.Flags, sid uint32) error {
+	if sid == 0 {
+		return connErr{http2.ErrCodeProtocol, "DATA on stream 0"}
+	}
+	if length > maxFrameSize {
+		return connErr{http2.ErrCodeFrameSize, "DATA frame too large"}
+	}
+	payload := length
+	var pad uint32
+	if flags.Has(http2.FlagDataPadded) {
+		if length == 0 {
+			return connErr{http2.ErrCodeProtocol, "padded DATA without pad length"}
+		}
+		b, err := c.br.ReadByte()
+		if err != nil {
+			return err
+		}
+		pad = uint32(b)
+		payload--
+		if pad > payload {
+			return connErr{http2.ErrCodeProtocol, "pad longer than DATA payload"}
+		}
+		payload -= pad
+	}
+	end := flags.Has(http2.FlagDataEndStream)
+
+	c.mu.Lock()
+	if int64(length) > c.recvWin {
+		c.mu.Unlock()
+		return connErr{http2.ErrCodeFlowControl, "peer overran the connection window"}
+	}
+	c.recvWin -= int64(length)
+	s := c.streams[sid]
+	var code http2.ErrCode
+	switch {
+	case s == nil && c.idleStreamLocked(sid):
+		c.mu.Unlock()
+		return connErr{http2.ErrCodeProtocol, "DATA on idle stream"}
+	case s == nil:
+		// Closed or reset: drop it, but keep the connection window whole.
+	case s.recvEnd || !s.readable():
+		code = http2.ErrCodeStreamClosed
+	case int64(length) > s.recvWin:
+		code = http2.ErrCodeFlowControl
+	}
+	if s == nil || code != 0 {
+		c.creditConnLocked(int64(length))
+		if code != 0 {
+			s.resetLocked(fmt.Errorf("stream error: %v", code))
+		}
+		c.mu.Unlock()
+		if code != 0 {
+			c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(code)})
+		}
+		_, err := c.br.Discard(int(payload + pad))
+		return err
+	}
+	s.recvWin -= int64(length)
+	buf := s.rb.reserve(int(payload))
+	c.mu.Unlock()
+
+	if _, err := io.ReadFull(c.br, buf); err != nil {
+		return err
+	}
+	if pad > 0 {
+		if _, err := c.br.Discard(int(pad)); err != nil {
+			return err
+		}
+	}
+
+	c.mu.Lock()
+	if !s.rb.commit(int(payload)) {
+		// The stream was closed while we filled its buffer.
+		c.creditConnLocked(int64(payload))
+	}
+	if extra := int64(length - payload); extra > 0 {
+		s.creditLocked(extra)
+	}
+	if end {
+		s.recvEnd = true
+		s.maybeDoneLocked()
+	}
+	s.cond.Broadcast()
+	c.mu.Unlock()
+	return nil
+}
+
+// creditConnLocked returns n bytes of connection window to the peer, in batches.
+func (c *conn) creditConnLocked(n int64) {
+	c.recvUnacked += n
+	if c.recvUnacked >= connUpdateThreshold && c.err == nil {
+		c.queue(ctlFrame{kind: ctlWindowUpdate, sid: 0, val: uint32(c.recvUnacked)})
+		c.recvWin += c.recvUnacked
+		c.recvUnacked = 0
+	}
+}
+
+// removeLocked drops a finished stream from the connection.
+func (c *conn) removeLocked(s *Stream) {
+	if c.streams[s.id] != s {
+		return
+	}
+	delete(c.streams, s.id)
+	if len(c.streams) == 0 {
+		c.idleSince = time.Now()
+		if c.goaway && c.err == nil {
+			// Drained after GOAWAY: close without blocking the caller.
+			go c.closeWith(errGoAway)
+		}
+	}
+}
+
+// wait blocks until both loops of a closed connection have stopped.
+func (c *conn) wait() { c.wg.Wait() }

@@ -1,0 +1,35 @@
+// Package hbone implements HBONE, the mesh tunnel of DESIGN.md section 4:
+// HTTP/2 CONNECT streams over mutual TLS 1.3 (AES-GCM suites, ALPN h2, no SNI,
+// no session resumption). It is a library used by ztunnel and the waypoint and
+// knows nothing about either.
+//
+// Server serves HBONE on listeners the caller provides (one per pod netns in
+// ztunnel), each Server with its own certificate source. Clients must present
+// a certificate from the configured trust domain. The library answers 400
+// itself for a request that is not a plain CONNECT, has an authority that is
+// not ip:port, targets a mesh port (15001, 15006, 15008: loop protection), or
+// (with RequireLocalAuthority) names an IP other than the connection's local
+// one. Everything else goes to the Handler as a *Request carrying the parsed
+// authority, the peer identity, the headers and the outer addresses; the
+// handler Rejects (401, 503, ... with a message) or Accepts and gets a
+// *Stream.
+//
+// Pool dials streams: it verifies that the server's identity is one of the
+// expected ones, reuses a connection per {source identity, destination
+// identities, address} while it has fewer than 100 open streams, releases
+// idle connections after 5 minutes and drops failed or GOAWAY'd ones. A
+// non-200 answer comes back as a *StatusError.
+//
+// A Stream is a net.Conn: Read, Write, CloseWrite (END_STREAM), Close
+// (END_STREAM or RST_STREAM) and deadlines.
+//
+// The HTTP/2 data path is written for throughput rather than generality: it
+// speaks only what CONNECT tunnels need (no request bodies beyond the tunnel,
+// no push, no priorities), advertises 1 MiB frames, a 4 MiB stream window and a
+// 16 MiB connection window, returns window credit in quarter-window batches,
+// reads DATA payloads straight into per-stream buffers that grow with the flow
+// and are pooled (an idle stream holds none), and batches TLS writes of
+// concurrent streams into one flush. It honours the peer's settings, PINGs
+// every 10 s and closes a connection whose PING is unanswered for 20 s. It
+// interoperates with golang.org/x/net/http2 in both directions.
+package hbone

@@ -1,0 +1,391 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+// ServerConfig configures a Server. Certificate, Roots, TrustDomain and Handler are required.
+type ServerConfig struct {
+	// Certificate returns the certificate presented to clients.
+	Certificate CertificateFunc
+	// Roots returns the trust roots client certificates are verified against.
+	Roots RootsFunc
+	// TrustDomain is the trust domain every client identity must belong to;
+	// others are refused during the TLS handshake.
+	TrustDomain string
+	// Handler decides each valid CONNECT request.
+	Handler Handler
+	// RequireLocalAuthority refuses (400) a request whose authority IP is not
+	// the outer connection's local (destination) IP.
+	RequireLocalAuthority bool
+	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface. Default 10 s.
+	HandshakeTimeout time.Duration
+	// MaxConcurrentStreams per connection. Default 1000.
+	MaxConcurrentStreams uint32
+	// PingInterval and PingTimeout: the server PINGs each connection every
+	// interval and closes it when an answer is later than the timeout.
+	// Defaults 10 s and 20 s.
+	PingInterval, PingTimeout time.Duration
+}
+
+// Handler is called, in its own goroutine, for every CONNECT request that
+// passed the library's checks. It must answer with exactly one of
+// Request.Accept or Request.Reject; if it returns without answering, the
+// request is refused with 503.
+type Handler func(*Request)
+
+// Request is one CONNECT request waiting for the handler's decision.
+type Request struct {
+	// Authority is the parsed :authority (the tunnel's target).
+	Authority netip.AddrPort
+	// Peer is the client's verified identity.
+	Peer identity.Identity
+	// Header holds the regular request headers with canonical keys
+	// (Forwarded, Traceparent, Baggage, ...).
+	Header http.Header
+	// LocalAddr and RemoteAddr are the outer connection's addresses.
+	LocalAddr, RemoteAddr net.Addr
+
+	s        *Stream
+	mu       sync.Mutex // mu guards answered
+	answered bool
+}
+
+// ErrAnswered is returned when a request is answered twice.
+var ErrAnswered = errors.New("hbone request already answered")
+
+// Accept answers 200 and returns the tunnel. The caller owns the stream and must Close it.
+func (r *Request) Accept() (*Stream, error) {
+	if err := r.answer(); err != nil {
+		return nil, err
+	}
+	if err := r.s.writeResponse(http.StatusOK, ""); err != nil {
+		r.s.Close()
+		return nil, fmt.Errorf("accept stream: %w", err)
+	}
+	return r.s, nil
+}
+
+// Reject answers status (401 when policy denies, 503 when there is no such
+// workload or the upstream failed; any 4xx/5xx is sent as given) with msg as
+// a text body, and ends the stream.
+func (r *Request) Reject(status int, msg string) error {
+	if status < 400 || status > 599 {
+		return fmt.Errorf("reject request: status %d is not an error status", status)
+	}
+	if err := r.answer(); err != nil {
+		return err
+	}
+	return r.s.reject(status, msg)
+}
+
+func (r *Request) answer() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.answered {
+		return ErrAnswered
+	}
+	r.answered = true
+	return nil
+}
+
+// writeResponse sends response headers; with a message the status is final
+// and the body carries it.
+func (s *Stream) writeResponse(status int, msg string) error {
+	c := s.c
+	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
+	if msg != "" {
+		fields = append(fields,
+			hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"},
+			hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(msg))})
+	}
+	c.lockWrite()
+	err := c.writeHeadersLocked(s.id, fields, status != http.StatusOK && msg == "")
+	if err == nil && msg != "" {
+		err = c.writeDataLocked(s.id, []byte(msg), true)
+	}
+	if err != nil {
+		c.wmu.Unlock()
+		c.closeWith(fmt.Errorf("write: %w", err))
+		return err
+	}
+	return c.unlockWrite()
+}
+
+// reject answers with an error status and finishes the stream.
+func (s *Stream) reject(status int, msg string) error {
+	err := s.writeResponse(status, msg)
+	c := s.c
+	c.mu.Lock()
+	s.sentEnd = true
+	if !s.recvEnd && err == nil {
+		// Tell the client to stop sending (RFC 9113 section 8.1).
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeNo)})
+	}
+	s.closed = true
+	c.creditConnLocked(int64(s.rb.discard()))
+	c.removeLocked(s)
+	s.cond.Broadcast()
+	c.mu.Unlock()
+	return err
+}
+
+// Server serves HBONE on listeners given to Serve.
+type Server struct {
+	cfg ServerConfig
+
+	mu     sync.Mutex // mu guards the fields below
+	lns    map[net.Listener]struct{}
+	conns  map[*conn]struct{}
+	raw    map[net.Conn]struct{} // connections still in their handshake
+	closed bool
+
+	wg sync.WaitGroup // connection and handler goroutines
+}
+
+// ErrServerClosed is returned by Serve after Close.
+var ErrServerClosed = errors.New("hbone server closed")
+
+// NewServer checks cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	switch {
+	case cfg.Certificate == nil:
+		return nil, errors.New("new hbone server: Certificate is required")
+	case cfg.Roots == nil:
+		return nil, errors.New("new hbone server: Roots is required")
+	case cfg.TrustDomain == "":
+		return nil, errors.New("new hbone server: TrustDomain is required")
+	case cfg.Handler == nil:
+		return nil, errors.New("new hbone server: Handler is required")
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 10 * time.Second
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = 1000
+	}
+	return &Server{cfg: cfg, lns: make(map[net.Listener]struct{}), conns: make(map[*conn]struct{}), raw: make(map[net.Conn]struct{})}, nil
+}
+
+// Serve accepts connections on ln until ln fails or the server is closed; it
+// then closes ln and returns (ErrServerClosed after Close). Serve may be
+// called for several listeners at once, each with its own goroutine.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff) // retry pacing for a transient accept failure
+				continue
+			}
+			return fmt.Errorf("accept hbone connection: %w", err)
+		}
+		backoff = 0
+		if !s.track(1) {
+			nc.Close()
+			return ErrServerClosed
+		}
+		go func() {
+			defer s.wg.Done()
+			s.serveConn(nc)
+		}()
+	}
+}
+
+// track adds n to the goroutine group unless the server is closed.
+func (s *Server) track(n int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(n)
+	return true
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	s.mu.Lock()
+	s.raw[nc] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.raw, nc)
+		s.mu.Unlock()
+	}()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
+	}
+	var peer identity.Identity
+	tc := tls.Server(nc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
+	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
+	nc.SetDeadline(deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	err := tc.HandshakeContext(ctx)
+	cancel()
+	if err != nil {
+		nc.Close()
+		return
+	}
+	if tc.ConnectionState().NegotiatedProtocol != "h2" {
+		tc.Close()
+		return
+	}
+	c := newConn(tc, false, peer, connConfig{
+		pingInterval: s.cfg.PingInterval,
+		pingTimeout:  s.cfg.PingTimeout,
+		maxStreams:   s.cfg.MaxConcurrentStreams,
+	})
+	c.srv = s
+	// The preface is read under the handshake deadline.
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
+		tc.Close()
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		tc.Close()
+		return
+	}
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	if c.start() == nil {
+		<-c.done
+		c.wait()
+	}
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// handleHeaders handles a HEADERS frame.
+func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
+	if c.client {
+		return c.handleResponse(f)
+	}
+	sid := f.StreamID
+	c.mu.Lock()
+	if s := c.streams[sid]; s != nil {
+		// Trailers: only END_STREAM matters.
+		if f.StreamEnded() {
+			s.recvEnd = true
+			s.maybeDoneLocked()
+			s.cond.Broadcast()
+		}
+		c.mu.Unlock()
+		return nil
+	}
+	if sid%2 == 0 || sid <= c.lastPeerID {
+		c.mu.Unlock()
+		if sid%2 == 0 {
+			return connErr{http2.ErrCodeProtocol, "HEADERS on an even stream id"}
+		}
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(http2.ErrCodeStreamClosed)})
+		return nil
+	}
+	c.lastPeerID = sid
+	if c.goaway || uint32(len(c.streams)) >= c.cfg.maxStreams {
+		c.mu.Unlock()
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(http2.ErrCodeRefusedStream)})
+		return nil
+	}
+	s := newStream(c, sid)
+	s.recvEnd = f.StreamEnded()
+	c.streams[sid] = s
+	c.mu.Unlock()
+
+	local := addrOf(c.nc.LocalAddr())
+	ap, hdr, perr := parseRequest(f.Fields, local, c.srv.cfg.RequireLocalAuthority)
+	req := &Request{Authority: ap, Peer: c.peer, Header: hdr, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), s: s}
+	if !c.srv.track(1) {
+		c.resetStream(sid, http2.ErrCodeRefusedStream, ErrServerClosed)
+		return nil
+	}
+	go func() {
+		defer c.srv.wg.Done()
+		if perr != nil {
+			req.answered = true
+			s.reject(http.StatusBadRequest, perr.Error())
+			return
+		}
+		c.srv.cfg.Handler(req)
+		if req.answer() == nil {
+			s.reject(http.StatusServiceUnavailable, "hbone handler did not answer")
+		}
+	}()
+	return nil
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// Close stops every Serve loop, closes all connections (their streams fail
+// with ErrConnClosed) and waits for connection and handler goroutines to return.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.lns {
+		ln.Close()
+	}
+	for nc := range s.raw {
+		nc.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.shutdown(http2.ErrCodeNo, ErrServerClosed)
+	}
+	s.wg.Wait()
+	return nil
+}
