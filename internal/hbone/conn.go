@@ -455,9 +455,12 @@ func (c *conn) readFrames() error {
 		first := !c.gotSettings
 		c.mu.Unlock()
 		if first {
+			if ga, ok := f.(*http2.GoAwayFrame); ok {
+				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", ga.ErrCode, ga.DebugData())
+			}
 			sf, ok := f.(*http2.SettingsFrame)
 			if !ok || sf.IsAck() {
-				return connErr{http2.ErrCodeProtocol, "first frame is not SETTINGS"}
+				return connErr{http2.ErrCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.Header())}
 			}
 		}
 		if err := c.handleFrame(f); err != nil {
@@ -503,7 +506,7 @@ func (c *conn) handleFrame(f http2.Frame) error {
 		empty := len(c.streams) == 0
 		c.mu.Unlock()
 		if empty {
-			c.closeWith(fmt.Errorf("peer sent GOAWAY %v", f.ErrCode))
+			c.closeWith(fmt.Errorf("peer sent GOAWAY %v: %q", f.ErrCode, f.DebugData()))
 		}
 	case *http2.PushPromiseFrame:
 		return connErr{http2.ErrCodeProtocol, "PUSH_PROMISE"}
