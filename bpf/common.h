@@ -61,6 +61,24 @@ struct bpf_sock {
 	__s32 rx_queue_mapping;
 };
 
+/* struct bpf_sk_lookup (UAPI), complete. */
+struct bpf_sk_lookup {
+	union {
+		struct bpf_sock *sk;
+		__u64 cookie;
+	};
+	__u32 family;
+	__u32 protocol;
+	__u32 remote_ip4;
+	__u32 remote_ip6[4];
+	__be16 remote_port;
+	__u16 : 16;
+	__u32 local_ip4;
+	__u32 local_ip6[4];
+	__u32 local_port; /* host byte order */
+	__u32 ingress_ifindex;
+};
+
 /* The IPv4 half of struct bpf_sock_tuple: lookups pass sizeof(struct sock_tuple4). */
 struct sock_tuple4 {
 	__be32 saddr;
@@ -73,12 +91,17 @@ enum {
 	BPF_MAP_TYPE_HASH = 1,
 	BPF_MAP_TYPE_ARRAY = 2,
 	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_SOCKMAP = 15,
 };
 
 #define BPF_ANY 0
 #define BPF_F_CURRENT_NETNS (-1L)
 #define BPF_F_PSEUDO_HDR (1ULL << 4)
 #define BPF_F_MARK_MANGLED_0 (1ULL << 5)
+#define BPF_TCP_TIME_WAIT 6
+#define SK_DROP 0
+#define SK_PASS 1
+#define AF_INET 2
 #define BPF_TCP_LISTEN 10
 
 /* tcx verdicts (enum tcx_action_base). */
@@ -89,6 +112,7 @@ enum {
 /* Helpers, by their stable numbers in enum bpf_func_id. */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
 static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
 static long (*bpf_skb_store_bytes)(struct __sk_buff *skb, __u32 offset, const void *from, __u32 len, __u64 flags) = (void *)9;
 static long (*bpf_l3_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 size) = (void *)10;
 static long (*bpf_l4_csum_replace)(struct __sk_buff *skb, __u32 offset, __u64 from, __u64 to, __u64 flags) = (void *)11;
@@ -108,12 +132,54 @@ static long (*bpf_redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 f
 #define PORT_DNS_ORIG 53
 #define PROBE_ADDR 0xa9fe077f /* 169.254.7.127, the node's SNAT address for kubelet probes */
 
+/* Keys of zt_listeners. */
+#define LISTENER_INBOUND 0
+#define LISTENER_OUTBOUND 1
+#define LISTENER_DNS 2
+
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
+
+/* Maps shared by all programs of one pod (the loader creates them once and hands them to
+ * each program; every object carries the definitions so that each can be loaded alone). */
+
+/* local_addrs holds the netns's own IPv4 addresses (the loader fills it): traffic to them,
+ * like traffic to 127.0.0.0/8, is loopback traffic and is never captured. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __be32);
+	__type(value, __u8);
+} local_addrs SEC(".maps");
+
+/* zt_listeners holds ztunnel's listeners, put there by the TC programs for
+ * ambit_sk_lookup (the kernel drops a socket from it when it closes). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKMAP);
+	__uint(max_entries, 3);
+	__type(key, __u32);
+	__type(value, __u64);
+} zt_listeners SEC(".maps");
+
+/* recycle holds the SYNs (by their addresses as received) that reuse the addresses of a
+ * time-wait socket, with the key of the ztunnel listener they are for; see recycle_to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct sock_tuple4);
+	__type(value, __u32);
+} recycle SEC(".maps");
+
+static __always_inline int is_local(__be32 addr)
+{
+	if ((addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
+		return 1;
+	return bpf_map_lookup_elem(&local_addrs, &addr) != 0;
+}
 
 struct iphdr {
 	__u8 ihl_version; /* little-endian bitfield order: ihl in the low nibble */
@@ -211,36 +277,83 @@ static __always_inline int ztunnel_marked(struct __sk_buff *skb)
 	return (skb->mark & ZTUNNEL_MARK_MASK) == ZTUNNEL_MARK;
 }
 
-/* owned_by_socket reports whether a TCP packet belongs to a connection some socket of this
- * netns already has (request, established or time-wait), so the stack delivers it as usual. A
- * listener does not count: a new connection is what gets captured. */
-static __always_inline int owned_by_socket(struct __sk_buff *skb, struct sock_tuple4 *t)
+enum owner {
+	OWNER_NONE,      /* no socket, or a listener: a new connection, to capture */
+	OWNER_SOCKET,    /* a connection some socket here has: deliver as usual */
+	OWNER_TIME_WAIT, /* a SYN reusing the addresses of a time-wait socket */
+};
+
+/* owner tells whether a TCP packet belongs to a connection some socket of this netns already
+ * has (request, established or time-wait), which the stack delivers as usual. */
+static __always_inline enum owner owner(struct __sk_buff *skb, struct pkt *p)
 {
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, t, sizeof(*t), BPF_F_CURRENT_NETNS, 0);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &p->tuple, sizeof(p->tuple), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return 0;
-	int owned = sk->state != BPF_TCP_LISTEN;
+		return OWNER_NONE;
+	__u32 state = sk->state;
 	bpf_sk_release(sk);
-	return owned;
+	if (state == BPF_TCP_LISTEN)
+		return OWNER_NONE;
+	if (state == BPF_TCP_TIME_WAIT && is_syn(p))
+		return OWNER_TIME_WAIT;
+	return OWNER_SOCKET;
 }
 
-/* assign_tcp hands the packet to ztunnel's TCP listener on port (found by address in this
- * netns: the listeners are opened by ztunnel after enrolment, so no map could hold them). The
- * packet keeps its addresses, so the accepted socket's local address is the original
- * destination. Without a listener the packet is dropped: the client retransmits its SYN and
- * succeeds once ztunnel listens, and nothing reaches the app uncaptured. */
-static __always_inline int assign_tcp(struct __sk_buff *skb, struct sock_tuple4 *t, __u16 port)
+/* ztunnel_listener finds ztunnel's TCP listener on port in this netns, by address: ztunnel
+ * opens its listeners after enrolment, so no loader could have put them in a map. */
+static __always_inline struct bpf_sock *ztunnel_listener(struct __sk_buff *skb, struct sock_tuple4 *t, __u16 port)
 {
 	struct sock_tuple4 lt = *t;
 	lt.dport = bpf_htons(port);
 	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &lt, sizeof(lt), BPF_F_CURRENT_NETNS, 0);
+	if (sk && sk->state != BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return 0;
+	}
+	return sk;
+}
+
+/* assign_tcp hands the packet to ztunnel's TCP listener on port. The packet keeps its
+ * addresses, so the accepted socket's local address is the original destination. Without a
+ * listener the packet is dropped: the client retransmits its SYN and succeeds once ztunnel
+ * listens, and nothing reaches the app uncaptured. */
+static __always_inline int assign_tcp(struct __sk_buff *skb, struct sock_tuple4 *t, __u16 port)
+{
+	struct bpf_sock *sk = ztunnel_listener(skb, t, port);
 	if (!sk)
 		return TCX_DROP;
-	if (sk->state != BPF_TCP_LISTEN) {
-		bpf_sk_release(sk);
-		return TCX_DROP;
-	}
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	return err ? TCX_DROP : TCX_PASS;
+}
+
+/* recycle_to handles a SYN that reuses the addresses of a time-wait socket. Assigned to a
+ * listener it would be dropped as a duplicate of that socket; left alone, the kernel recycles
+ * the time-wait socket by looking up a listener for the original port, the app's, and the new
+ * connection would escape the capture. So it is left alone, and flagged: the kernel's listener
+ * lookup runs ambit_sk_lookup, which picks ztunnel's listener (stored here under key) for
+ * flagged SYNs only. */
+static __always_inline int recycle_to(struct __sk_buff *skb, struct sock_tuple4 *t, __u16 port, __u32 key)
+{
+	struct bpf_sock *sk = ztunnel_listener(skb, t, port);
+	if (!sk)
+		return TCX_DROP;
+	struct bpf_sock *known = bpf_map_lookup_elem(&zt_listeners, &key);
+	long err = 0;
+	if (known)
+		bpf_sk_release(known);
+	else
+		err = bpf_map_update_elem(&zt_listeners, &key, sk, BPF_ANY);
+	bpf_sk_release(sk);
+	if (err || bpf_map_update_elem(&recycle, t, &key, BPF_ANY))
+		return TCX_DROP;
+	return TCX_NEXT;
+}
+
+/* capture_tcp sends a TCP packet that no socket here owns to ztunnel's listener on port. */
+static __always_inline int capture_tcp(struct __sk_buff *skb, struct pkt *p, enum owner o, __u16 port, __u32 key)
+{
+	if (o == OWNER_TIME_WAIT)
+		return recycle_to(skb, &p->tuple, port, key);
+	return assign_tcp(skb, &p->tuple, port);
 }

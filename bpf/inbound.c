@@ -23,9 +23,10 @@ int ambit_inbound(struct __sk_buff *skb)
 		return TCX_NEXT;
 	if (p.tuple.saddr == bpf_htonl(PROBE_ADDR) || p.tuple.dport == bpf_htons(PORT_HBONE))
 		return TCX_NEXT;
-	if (owned_by_socket(skb, &p.tuple))
+	enum owner o = owner(skb, &p);
+	if (o == OWNER_SOCKET)
 		return TCX_NEXT;
-	return assign_tcp(skb, &p.tuple, PORT_INBOUND);
+	return capture_tcp(skb, &p, o, PORT_INBOUND, LISTENER_INBOUND);
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";

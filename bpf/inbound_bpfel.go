@@ -8,14 +8,26 @@ import (
 	_ "embed"
 	"fmt"
 	"io"
+	"structs"
 
 	"github.com/cilium/ebpf"
 )
+
+type inboundSockTuple4 struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	inboundMapLocalAddrs    = "local_addrs"
+	inboundMapRecycle       = "recycle"
+	inboundMapZtListeners   = "zt_listeners"
 	inboundProgAmbitInbound = "ambit_inbound"
 )
 
@@ -68,6 +80,9 @@ type inboundProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type inboundMapSpecs struct {
+	LocalAddrs  *ebpf.MapSpec `ebpf:"local_addrs"`
+	Recycle     *ebpf.MapSpec `ebpf:"recycle"`
+	ZtListeners *ebpf.MapSpec `ebpf:"zt_listeners"`
 }
 
 // inboundVariableSpecs contains global variables before they are loaded into the kernel.
@@ -96,10 +111,17 @@ func (o *inboundObjects) Close() error {
 //
 // It can be passed to loadInboundObjects or ebpf.CollectionSpec.LoadAndAssign.
 type inboundMaps struct {
+	LocalAddrs  *ebpf.Map `ebpf:"local_addrs"`
+	Recycle     *ebpf.Map `ebpf:"recycle"`
+	ZtListeners *ebpf.Map `ebpf:"zt_listeners"`
 }
 
 func (m *inboundMaps) Close() error {
-	return _InboundClose()
+	return _InboundClose(
+		m.LocalAddrs,
+		m.Recycle,
+		m.ZtListeners,
+	)
 }
 
 // inboundVariables contains all global variables after they have been loaded into the kernel.

@@ -11,15 +11,6 @@
 
 #include "common.h"
 
-/* local_addrs holds the netns's own IPv4 addresses (the loader fills it): traffic to them,
- * like traffic to 127.0.0.0/8, is loopback traffic and is never captured. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __be32);
-	__type(value, __u8);
-} local_addrs SEC(".maps");
-
 /* config[0] is set by the loader. */
 struct config {
 	__u32 egress_ifindex; /* the interface of the main table's default route */
@@ -46,13 +37,6 @@ struct {
 	__type(key, struct endpoint);
 	__type(value, struct endpoint);
 } dns_origin SEC(".maps");
-
-static __always_inline int is_local(__be32 addr)
-{
-	if ((addr & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000))
-		return 1;
-	return bpf_map_lookup_elem(&local_addrs, &addr) != 0;
-}
 
 /* restore_dns_source rewrites the source of ztunnel's UDP DNS answer to the address the app's
  * query was sent to, as the app's (usually connected) socket expects. */
@@ -125,13 +109,14 @@ int ambit_outbound(struct __sk_buff *skb)
 			return capture_dns_udp(skb, &p);
 		return TCX_NEXT;
 	}
-	if (owned_by_socket(skb, &p.tuple))
+	enum owner o = owner(skb, &p);
+	if (o == OWNER_SOCKET)
 		return TCX_NEXT;
 	if (!is_syn(&p))
 		return send_out(skb);
 	if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))
-		return assign_tcp(skb, &p.tuple, PORT_DNS);
-	return assign_tcp(skb, &p.tuple, PORT_OUTBOUND);
+		return capture_tcp(skb, &p, o, PORT_DNS, LISTENER_DNS);
+	return capture_tcp(skb, &p, o, PORT_OUTBOUND, LISTENER_OUTBOUND);
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";

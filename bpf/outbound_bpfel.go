@@ -25,6 +25,14 @@ type outboundEndpoint struct {
 	Pad  uint16
 }
 
+type outboundSockTuple4 struct {
+	_     structs.HostLayout
+	Saddr uint32
+	Daddr uint32
+	Sport uint16
+	Dport uint16
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -32,6 +40,8 @@ const (
 	outboundMapConfig         = "config"
 	outboundMapDnsOrigin      = "dns_origin"
 	outboundMapLocalAddrs     = "local_addrs"
+	outboundMapRecycle        = "recycle"
+	outboundMapZtListeners    = "zt_listeners"
 	outboundProgAmbitOutbound = "ambit_outbound"
 )
 
@@ -84,9 +94,11 @@ type outboundProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type outboundMapSpecs struct {
-	Config     *ebpf.MapSpec `ebpf:"config"`
-	DnsOrigin  *ebpf.MapSpec `ebpf:"dns_origin"`
-	LocalAddrs *ebpf.MapSpec `ebpf:"local_addrs"`
+	Config      *ebpf.MapSpec `ebpf:"config"`
+	DnsOrigin   *ebpf.MapSpec `ebpf:"dns_origin"`
+	LocalAddrs  *ebpf.MapSpec `ebpf:"local_addrs"`
+	Recycle     *ebpf.MapSpec `ebpf:"recycle"`
+	ZtListeners *ebpf.MapSpec `ebpf:"zt_listeners"`
 }
 
 // outboundVariableSpecs contains global variables before they are loaded into the kernel.
@@ -115,9 +127,11 @@ func (o *outboundObjects) Close() error {
 //
 // It can be passed to loadOutboundObjects or ebpf.CollectionSpec.LoadAndAssign.
 type outboundMaps struct {
-	Config     *ebpf.Map `ebpf:"config"`
-	DnsOrigin  *ebpf.Map `ebpf:"dns_origin"`
-	LocalAddrs *ebpf.Map `ebpf:"local_addrs"`
+	Config      *ebpf.Map `ebpf:"config"`
+	DnsOrigin   *ebpf.Map `ebpf:"dns_origin"`
+	LocalAddrs  *ebpf.Map `ebpf:"local_addrs"`
+	Recycle     *ebpf.Map `ebpf:"recycle"`
+	ZtListeners *ebpf.Map `ebpf:"zt_listeners"`
 }
 
 func (m *outboundMaps) Close() error {
@@ -125,6 +139,8 @@ func (m *outboundMaps) Close() error {
 		m.Config,
 		m.DnsOrigin,
 		m.LocalAddrs,
+		m.Recycle,
+		m.ZtListeners,
 	)
 }
 

@@ -10,12 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Program names as the kernel reports them (at most 15 characters).
-const (
-	progInbound  = "ambit_inbound"
-	progOutbound = "ambit_outbound"
-)
-
 // attached is one of our programs found on an interface.
 type attached struct {
 	prog *ebpf.Program
@@ -55,37 +49,15 @@ func closeAll(as []attached) {
 	}
 }
 
-// install makes prog (named name, with instruction tag tag) the only one of ours on tcx
-// ingress of ifindex. A program with the same tag already there is kept and returned (the
-// caller then updates its maps), so reconciling a current install changes nothing. Otherwise
-// the new program goes in front before the old ones leave, so the capture has no gap.
-func install(ifindex int, name, tag string, load func() (*ebpf.Program, error)) (*ebpf.Program, error) {
-	have, err := ours(ifindex, name)
-	if err != nil {
-		return nil, err
-	}
-	defer closeAll(have)
-	if len(have) == 1 && have[0].tag == tag {
-		return have[0].prog.Clone()
-	}
-	prog, err := load()
-	if err != nil {
-		return nil, err
-	}
-	err = link.RawAttachProgram(link.RawAttachProgramOptions{
+// attachTCX puts prog in front of tcx ingress of ifindex.
+func attachTCX(ifindex int, name string, prog *ebpf.Program) error {
+	err := link.RawAttachProgram(link.RawAttachProgramOptions{
 		Target: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress, Anchor: link.Head(),
 	})
 	if err != nil {
-		prog.Close()
-		return nil, fmt.Errorf("attaching %s to tcx ingress of interface %d: %w", name, ifindex, err)
+		return fmt.Errorf("attaching %s to tcx ingress of interface %d: %w", name, ifindex, err)
 	}
-	for _, a := range have {
-		if err := detach(ifindex, a.prog); err != nil {
-			prog.Close()
-			return nil, err
-		}
-	}
-	return prog.Clone()
+	return nil
 }
 
 func detach(ifindex int, prog *ebpf.Program) error {
@@ -165,6 +137,30 @@ func setEgress(prog *ebpf.Program, ifindex int) error {
 		return fmt.Errorf("writing config: %w", err)
 	}
 	return nil
+}
+
+// programMapID returns the id of the map called name that prog uses, or 0.
+func programMapID(prog *ebpf.Program, name string) ebpf.MapID {
+	m, err := programMap(prog, name)
+	if err != nil {
+		return 0
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil {
+		return 0
+	}
+	id, _ := info.ID()
+	return id
+}
+
+// programTag returns the tag of prog, or "".
+func programTag(prog *ebpf.Program) string {
+	info, err := prog.Info()
+	if err != nil {
+		return ""
+	}
+	return info.Tag
 }
 
 // programMap opens the map called name that prog uses.

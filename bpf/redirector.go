@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -24,33 +25,57 @@ import (
 // needs (tcx, bpf_sk_assign, socket lookups from TC); the caller then uses nftables.
 var ErrNotSupported = errors.New("ebpf redirection not supported by this kernel")
 
-// Redirector installs and removes the eBPF redirection in pod network namespaces. It holds no
-// state of its own: everything lives in the namespaces, so a new Redirector (after an agent
-// restart) picks up what an old one installed. Safe for concurrent use on different netns.
-type Redirector struct {
-	inbound, outbound       *ebpf.CollectionSpec
-	inboundTag, outboundTag string
+// Options configure a Redirector.
+type Options struct {
+	// PinDir is a directory on a bpffs for the per-pod sk_lookup links; "" means
+	// DefaultPinDir. It must be the same directory across restarts of the agent.
+	PinDir string
 }
 
-// New checks that the kernel supports the redirection and prepares the programs.
-func New() (*Redirector, error) {
+// Program names as the kernel reports them (at most 15 characters).
+const (
+	progInbound  = "ambit_inbound"
+	progOutbound = "ambit_outbound"
+	progLookup   = "ambit_sk_lookup"
+)
+
+// Maps the programs of one pod share; the outbound program's are the originals.
+var sharedMaps = []string{"local_addrs", "zt_listeners", "recycle"}
+
+// Redirector installs and removes the eBPF redirection in pod network namespaces. It holds no
+// state of its own: everything lives in the namespaces and under Options.PinDir, so a new
+// Redirector (after an agent restart) picks up what an old one installed. Safe for concurrent
+// use on different network namespaces.
+type Redirector struct {
+	pinDir string
+	specs  map[string]*ebpf.CollectionSpec // by program name
+	tags   map[string]string               // kernel tag of each program, by name
+}
+
+// New checks that the kernel supports the redirection and prepares the programs. Its errors
+// wrap ErrNotSupported when the kernel or the machine lacks something needed.
+func New(opts Options) (*Redirector, error) {
 	if err := probe(); err != nil {
 		return nil, err
 	}
-	in, err := loadInbound()
-	if err != nil {
-		return nil, fmt.Errorf("reading inbound program: %w", err)
+	r := &Redirector{pinDir: opts.PinDir, specs: map[string]*ebpf.CollectionSpec{}, tags: map[string]string{}}
+	if r.pinDir == "" {
+		r.pinDir = DefaultPinDir
 	}
-	out, err := loadOutbound()
-	if err != nil {
-		return nil, fmt.Errorf("reading outbound program: %w", err)
-	}
-	r := &Redirector{inbound: in, outbound: out}
-	if r.inboundTag, err = tag(in, progInbound); err != nil {
+	if err := checkPinDir(r.pinDir); err != nil {
 		return nil, err
 	}
-	if r.outboundTag, err = tag(out, progOutbound); err != nil {
-		return nil, err
+	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){
+		progInbound: loadInbound, progOutbound: loadOutbound, progLookup: loadSkLookup,
+	} {
+		cs, err := load()
+		if err != nil {
+			return nil, fmt.Errorf("reading program %s: %w", name, err)
+		}
+		r.specs[name] = cs
+		if r.tags[name], err = tag(cs, name); err != nil {
+			return nil, err
+		}
 	}
 	return r, nil
 }
@@ -60,10 +85,16 @@ func probe() error {
 	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
 		return notSupported("TC programs", err)
 	}
-	for _, h := range []asm.BuiltinFunc{asm.FnSkAssign, asm.FnSkcLookupTcp, asm.FnSkLookupUdp, asm.FnL4CsumReplace} {
+	for _, h := range []asm.BuiltinFunc{asm.FnSkAssign, asm.FnSkcLookupTcp, asm.FnSkLookupUdp, asm.FnL4CsumReplace, asm.FnRedirectNeigh} {
 		if err := features.HaveProgramHelper(ebpf.SchedCLS, h); err != nil {
 			return notSupported(fmt.Sprintf("helper %s in TC programs", h), err)
 		}
+	}
+	if err := features.HaveProgramType(ebpf.SkLookup); err != nil {
+		return notSupported("sk_lookup programs", err)
+	}
+	if err := features.HaveMapType(ebpf.SockMap); err != nil {
+		return notSupported("sockmaps", err)
 	}
 	// tcx (Linux 6.6): querying lo of our own netns changes nothing and fails without it.
 	if _, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: ebpf.AttachTCXIngress}); err != nil {
@@ -107,49 +138,176 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	// Outbound first: its program must know the local addresses before routes send it traffic.
-	out, err := install(lo, progOutbound, r.outboundTag, func() (*ebpf.Program, error) {
-		return loadProgram(r.outbound, progOutbound)
-	})
+	ino, err := netnsInode()
 	if err != nil {
 		return err
 	}
-	err = syncLocalAddrs(out, addrs)
-	if err == nil {
-		err = setEgress(out, egressLink(others))
-	}
-	out.Close()
-	if err != nil {
-		return err
-	}
-	// One inbound program serves every interface; loaded on first need.
-	var in *ebpf.Program
-	defer func() {
-		if in != nil {
-			in.Close()
+	egress := egressLink(others)
+	if out := r.current(lo, others, ino); out != nil {
+		defer out.Close()
+		if err := syncLocalAddrs(out, addrs); err != nil {
+			return err
 		}
-	}()
+		if err := setEgress(out, egress); err != nil {
+			return err
+		}
+		for _, ifc := range others {
+			if err := setSrcValidMark(ifc.name, true); err != nil {
+				return err
+			}
+		}
+		return ensureRouting(lo, src)
+	}
+
+	// Something is missing or of another version: install a fresh set, each new program in
+	// front of the one it replaces, then remove the old ones, so the capture has no gap.
+	set, err := r.loadSet()
+	if err != nil {
+		return err
+	}
+	defer set.close()
+	if err := syncLocalAddrs(set.out, addrs); err != nil {
+		return err
+	}
+	if err := setEgress(set.out, egress); err != nil {
+		return err
+	}
+	// Outbound first: it must know the local addresses before the routes send it traffic.
+	if err := replaceTCX(lo, progOutbound, set.out); err != nil {
+		return err
+	}
 	for _, ifc := range others {
 		if err := setSrcValidMark(ifc.name, true); err != nil {
 			return err
 		}
-		p, err := install(ifc.index, progInbound, r.inboundTag, func() (*ebpf.Program, error) {
-			if in == nil {
-				p, err := loadProgram(r.inbound, progInbound)
-				if err != nil {
-					return nil, err
-				}
-				in = p
-			}
-			return in.Clone()
-		})
-		if err != nil {
+		if err := replaceTCX(ifc.index, progInbound, set.in); err != nil {
 			return err
 		}
-		p.Close()
+	}
+	if err := r.ensureLookup(ino, set.lookup); err != nil {
+		return err
 	}
 	// The rules last: they need the inbound programs' marks (see inbound.c).
 	return ensureRouting(lo, src)
+}
+
+// replaceTCX attaches prog to ifindex and then detaches the other programs called name.
+func replaceTCX(ifindex int, name string, prog *ebpf.Program) error {
+	old, err := ours(ifindex, name)
+	if err != nil {
+		return err
+	}
+	defer closeAll(old)
+	if err := attachTCX(ifindex, name, prog); err != nil {
+		return err
+	}
+	for _, a := range old {
+		if err := detach(ifindex, a.prog); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// current returns the attached outbound program if the netns has exactly the current
+// programs, one per attach point, all sharing one set of maps; nil otherwise.
+func (r *Redirector) current(lo int, others []iface, ino uint64) *ebpf.Program {
+	one := func(ifindex int, name string) *ebpf.Program {
+		have, err := ours(ifindex, name)
+		if err != nil || len(have) != 1 || have[0].tag != r.tags[name] {
+			closeAll(have)
+			return nil
+		}
+		return have[0].prog
+	}
+	out := one(lo, progOutbound)
+	if out == nil {
+		return nil
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			out.Close()
+		}
+	}()
+	shared := programMapID(out, "zt_listeners")
+	if shared == 0 {
+		return nil
+	}
+	for _, ifc := range others {
+		in := one(ifc.index, progInbound)
+		if in == nil {
+			return nil
+		}
+		same := programMapID(in, "zt_listeners") == shared
+		in.Close()
+		if !same {
+			return nil
+		}
+	}
+	l, lp, err := r.pinnedLookup(ino)
+	if err != nil || l == nil {
+		return nil
+	}
+	l.Close()
+	defer lp.Close()
+	if programTag(lp) != r.tags[progLookup] || programMapID(lp, "zt_listeners") != shared {
+		return nil
+	}
+	ok = true
+	return out
+}
+
+// progSet is one pod's programs, sharing the outbound program's maps.
+type progSet struct {
+	out, in, lookup *ebpf.Program
+}
+
+func (s *progSet) close() {
+	for _, p := range []*ebpf.Program{s.out, s.in, s.lookup} {
+		if p != nil {
+			p.Close()
+		}
+	}
+}
+
+func (r *Redirector) loadSet() (*progSet, error) {
+	outColl, err := newCollection(r.specs[progOutbound], nil)
+	if err != nil {
+		return nil, err
+	}
+	defer outColl.Close()
+	shared := map[string]*ebpf.Map{}
+	for _, name := range sharedMaps {
+		shared[name] = outColl.Maps[name]
+	}
+	inColl, err := newCollection(r.specs[progInbound], shared)
+	if err != nil {
+		return nil, err
+	}
+	defer inColl.Close()
+	lookupColl, err := newCollection(r.specs[progLookup], shared)
+	if err != nil {
+		return nil, err
+	}
+	defer lookupColl.Close()
+	return &progSet{
+		out:    outColl.DetachProgram(progOutbound),
+		in:     inColl.DetachProgram(progInbound),
+		lookup: lookupColl.DetachProgram(progLookup),
+	}, nil
+}
+
+func newCollection(cs *ebpf.CollectionSpec, replace map[string]*ebpf.Map) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(cs.Copy(), ebpf.CollectionOptions{MapReplacements: replace})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("loading programs: %w: %w", ErrNotSupported, err)
+		}
+		return nil, fmt.Errorf("loading programs: %w", err)
+	}
+	return coll, nil
 }
 
 // tag loads program name of cs (which also proves the verifier takes it) and returns the tag
@@ -169,13 +327,9 @@ func tag(cs *ebpf.CollectionSpec, name string) (string, error) {
 
 // loadProgram loads program name of cs with fresh maps; the program holds the maps.
 func loadProgram(cs *ebpf.CollectionSpec, name string) (*ebpf.Program, error) {
-	coll, err := ebpf.NewCollection(cs.Copy())
+	coll, err := newCollection(cs, nil)
 	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading program %s: %w: %w", name, ErrNotSupported, err)
-		}
-		return nil, fmt.Errorf("loading program %s: %w", name, err)
+		return nil, err
 	}
 	defer coll.Close()
 	return coll.DetachProgram(name), nil
@@ -189,7 +343,8 @@ func (r *Redirector) Detach(ctx context.Context, netnsPath string) error {
 	}
 	h, err := netns.Open(netnsPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil // the kernel freed the programs with the namespace's interfaces
+		// The kernel freed the programs with the namespace's interfaces; only a pin can be left.
+		return r.gc()
 	}
 	if err != nil {
 		return fmt.Errorf("detaching redirection: %w", err)
@@ -215,12 +370,16 @@ func (r *Redirector) Detach(ctx context.Context, netnsPath string) error {
 				return err
 			}
 		}
-		return nil
+		ino, err := netnsInode()
+		if err != nil {
+			return err
+		}
+		return r.removeLookup(ino)
 	})
 	if err != nil {
 		return fmt.Errorf("detaching redirection in %s: %w", netnsPath, err)
 	}
-	return nil
+	return r.gc()
 }
 
 // Installed lists what of ours is in the namespace at netnsPath, one line per program, rule
@@ -258,6 +417,19 @@ func (r *Redirector) Installed(ctx context.Context, netnsPath string) ([]string,
 			if on, err := srcValidMark(l.Attrs().Name); err == nil && on {
 				out = append(out, "sysctl net.ipv4.conf."+l.Attrs().Name+".src_valid_mark = 1")
 			}
+		}
+		ino, err := netnsInode()
+		if err != nil {
+			return err
+		}
+		if l, p, err := r.pinnedLookup(ino); err == nil && l != nil {
+			info, _ := p.Info()
+			id, _ := info.ID()
+			out = append(out, fmt.Sprintf("sk_lookup: program %s id %d, link pinned at %s", progLookup, id, r.lookupPinPath(ino)))
+			l.Close()
+			p.Close()
+		} else if _, err := os.Stat(filepath.Dir(r.lookupPinPath(ino))); err == nil {
+			out = append(out, "pin directory "+filepath.Dir(r.lookupPinPath(ino)))
 		}
 		rules, err := ourRules()
 		if err != nil {

@@ -5,14 +5,16 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func newRedirector(t testing.TB) *Redirector {
 	t.Helper()
-	r, err := New()
+	r, err := New(Options{PinDir: pinDir(t)})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -151,10 +153,14 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 9; len(first) != want { // 2 programs, 1 sysctl, 5 rules, 1 route
+	if want := 10; len(first) != want { // 3 programs, 1 sysctl, 5 rules, 1 route
 		t.Errorf("installed %d objects, want %d:\n%s", len(first), want, strings.Join(first, "\n"))
 	}
-	if err := newRedirector(t).Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+	again, err := New(Options{PinDir: r.pinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("second Attach: %v", err)
 	}
 	second, err := r.Installed(ctx, tp.podPath)
@@ -167,7 +173,7 @@ func TestReconcile(t *testing.T) {
 
 	// Another version's programs (another tag) and a rule out of place.
 	stale := *r
-	stale.inboundTag, stale.outboundTag = "0000000000000000", "0000000000000000"
+	stale.tags = map[string]string{}
 	run(t, tp.pod, "ip", "rule", "del", "pref", fmt.Sprint(prefFirst+2))
 	if err := stale.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach over stale install: %v", err)
@@ -188,9 +194,39 @@ func TestReconcile(t *testing.T) {
 	}
 }
 
+// TestDetachGoneNetns: a netns that died without Detach leaves only a pin, which the next
+// Detach (of any netns) removes.
 func TestDetachGoneNetns(t *testing.T) {
-	if err := newRedirector(t).Detach(context.Background(), "/proc/self/ns/does-not-exist"); err != nil {
-		t.Errorf("Detach of a missing netns: %v, want nil", err)
+	ctx := context.Background()
+	r := newRedirector(t)
+	pod, path := newNetNS(t)
+	run(t, pod, "ip", "link", "set", "lo", "up")
+	run(t, pod, "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+	run(t, pod, "ip", "addr", "add", podIP.String()+"/24", "dev", "eth0")
+	run(t, pod, "ip", "link", "set", "eth0", "up")
+	if err := r.Attach(ctx, path, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	pins := func() []string {
+		m, _ := filepath.Glob(filepath.Join(r.pinDir, "netns-*"))
+		return m
+	}
+	if got := pins(); len(got) != 1 {
+		t.Fatalf("pins after Attach: got %v, want one", got)
+	}
+	pod.Close()
+	killHolder(t, path)
+	if err := r.Detach(ctx, path); err != nil {
+		t.Errorf("Detach of a gone netns: %v, want nil", err)
+	}
+	// The kernel releases a dead netns asynchronously.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(pins()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		r.gc()
+	}
+	if got := pins(); len(got) != 0 {
+		t.Errorf("pins left after the netns died: %v", got)
 	}
 }
 

@@ -10,11 +10,15 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/sockopt"
@@ -40,6 +44,47 @@ type topo struct {
 	podPath, peerPath string
 }
 
+// holders are the namespace holder processes, by namespace path.
+var holders sync.Map
+
+// killHolder ends the process holding the namespace at path, so the namespace dies.
+func killHolder(t testing.TB, path string) {
+	t.Helper()
+	if cmd, ok := holders.Load(path); ok {
+		cmd.(*exec.Cmd).Process.Kill()
+		cmd.(*exec.Cmd).Wait()
+	}
+}
+
+// pinDir returns a directory on a bpffs private to the test: mounted in a mount namespace
+// of its own, held by a process, and reached through /proc/PID/root, so the machine's mounts
+// are untouched and the pins vanish with the test.
+func pinDir(t testing.TB) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root to mount a bpffs and load eBPF (CI runs as root)")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`mount -t bpf bpf "$1" && exec sleep infinity`, "sh", dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting bpffs holder: %v", err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	path := fmt.Sprintf("/proc/%d/root%s", cmd.Process.Pid, dir)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var st unix.Statfs_t
+		if unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
+			return filepath.Join(path, "ambit")
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the private bpffs never appeared")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // newNetNS starts a process holding a fresh network namespace and returns a path to it.
 func newNetNS(t testing.TB) (*netns.Handle, string) {
 	t.Helper()
@@ -52,6 +97,7 @@ func newNetNS(t testing.TB) (*netns.Handle, string) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
+	holders.Store(path, cmd)
 	self, _ := os.Readlink("/proc/self/ns/net")
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -8,17 +8,23 @@ import (
 	"github.com/ambit-mesh/ambit/bpf"
 )
 
-// EBPF captures pods with tcx programs and policy routes inside each pod's netns (see package
-// bpf). Like NFTables it keeps no state: a new EBPF finds and reconciles what an earlier
-// process installed. It does not use Pod.Cgroup.
+// EBPF captures pods with tcx and sk_lookup programs and policy routes inside each pod's netns
+// (see package bpf). Like NFTables it keeps no state in the process: a new EBPF finds and
+// reconciles what an earlier process installed. It does not use Pod.Cgroup.
 type EBPF struct {
 	r *bpf.Redirector
 }
 
-// NewEBPF returns the eBPF backend, or an error wrapping ErrNotSupported (and
-// bpf.ErrNotSupported) when this kernel lacks tcx, bpf_sk_assign or the socket lookups.
-func NewEBPF() (*EBPF, error) {
-	r, err := bpf.New()
+// NewEBPF returns the eBPF backend pinning under bpf.DefaultPinDir (/sys/fs/bpf/ambit), as
+// NewEBPFAt does.
+func NewEBPF() (*EBPF, error) { return NewEBPFAt("") }
+
+// NewEBPFAt returns the eBPF backend, or an error wrapping ErrNotSupported (and
+// bpf.ErrNotSupported) when this kernel lacks tcx, sk_lookup, bpf_sk_assign or the socket
+// lookups, or pinDir is not on a bpffs. pinDir ("" for bpf.DefaultPinDir) holds one small
+// directory per enrolled pod and must be the same across agent restarts.
+func NewEBPFAt(pinDir string) (*EBPF, error) {
+	r, err := bpf.New(bpf.Options{PinDir: pinDir})
 	if errors.Is(err, bpf.ErrNotSupported) {
 		return nil, fmt.Errorf("preparing ebpf redirection: %w: %w", ErrNotSupported, err)
 	}
