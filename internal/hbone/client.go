@@ -191,7 +191,8 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	tc := tls.Client(nc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
+	bc := newBatchConn(nc)
+	tc := tls.Client(bc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -200,7 +201,7 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.Close()
 		return nil, fmt.Errorf("server negotiated ALPN %q, want h2", got)
 	}
-	c := newConn(tc, true, peer, connConfig{
+	c := newConn(tc, bc, true, peer, connConfig{
 		pingInterval: p.cfg.PingInterval,
 		pingTimeout:  p.cfg.PingTimeout,
 		idleTimeout:  p.cfg.IdleTimeout,
@@ -301,7 +302,7 @@ func (c *conn) open(ctx context.Context, t *Target) (*Stream, error) {
 	if c.err != nil || c.goaway || c.nextID >= 1<<31 {
 		c.goaway = true
 		c.mu.Unlock()
-		c.wmu.Unlock()
+		c.releaseWrite()
 		return nil, errGoAway
 	}
 	s := newStream(c, c.nextID)
@@ -309,7 +310,7 @@ func (c *conn) open(ctx context.Context, t *Target) (*Stream, error) {
 	c.streams[s.id] = s
 	c.mu.Unlock()
 	if err := c.writeHeadersLocked(s.id, fields, false); err != nil {
-		c.wmu.Unlock()
+		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return nil, err
 	}

@@ -77,7 +77,8 @@ type connConfig struct {
 // conn is one HBONE connection (either side): an HTTP/2 connection that only
 // carries CONNECT streams.
 type conn struct {
-	nc     net.Conn
+	nc     net.Conn   // the TLS connection
+	batch  *batchConn // under nc; nil when nc writes straight to the socket
 	client bool
 	peer   identity.Identity
 	cfg    connConfig
@@ -123,7 +124,7 @@ type conn struct {
 	wg   sync.WaitGroup // the read and control loops
 }
 
-func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *conn {
+func newConn(nc net.Conn, batch *batchConn, client bool, peer identity.Identity, cfg connConfig) *conn {
 	if cfg.pingInterval <= 0 {
 		cfg.pingInterval = defaultPingInterval
 	}
@@ -132,6 +133,7 @@ func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *
 	}
 	c := &conn{
 		nc:           nc,
+		batch:        batch,
 		client:       client,
 		peer:         peer,
 		cfg:          cfg,
@@ -177,11 +179,8 @@ func (c *conn) start() error {
 	}
 	c.wfr.WriteSettings(settings...)
 	c.wfr.WriteWindowUpdate(0, connWindow-initialWindow)
-	err := c.bw.Flush()
-	c.wmu.Unlock()
-	if err != nil {
-		c.closeWith(fmt.Errorf("write preface: %w", err))
-		return err
+	if err := c.unlockWrite(); err != nil {
+		return fmt.Errorf("write preface: %w", err)
 	}
 	c.wg.Add(2)
 	go c.readLoop()
@@ -189,10 +188,21 @@ func (c *conn) start() error {
 	return nil
 }
 
+// releaseWrite gives up the write lock after a failed write, without flushing.
+func (c *conn) releaseWrite() {
+	if c.batch != nil {
+		c.batch.end()
+	}
+	c.wmu.Unlock()
+}
+
 func (c *conn) lockWrite() {
 	c.wwait.Add(1)
 	c.wmu.Lock()
 	c.wwait.Add(-1)
+	if c.batch != nil {
+		c.batch.begin()
+	}
 }
 
 // unlockWrite flushes unless another writer is queued (it will flush), so
@@ -201,6 +211,11 @@ func (c *conn) unlockWrite() error {
 	var err error
 	if c.wwait.Load() == 0 {
 		err = c.bw.Flush()
+		if c.batch != nil {
+			if berr := c.batch.end(); err == nil {
+				err = berr
+			}
+		}
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -345,7 +360,7 @@ func (c *conn) ctlLoop() {
 			}
 		}
 		if err != nil {
-			c.wmu.Unlock()
+			c.releaseWrite()
 			c.closeWith(fmt.Errorf("write: %w", err))
 			return
 		}

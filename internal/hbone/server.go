@@ -120,7 +120,7 @@ func (s *Stream) writeResponse(status int, msg string) error {
 		err = c.writeDataLocked(s.id, []byte(msg), true)
 	}
 	if err != nil {
-		c.wmu.Unlock()
+		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return err
 	}
@@ -254,7 +254,8 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	tc := tls.Server(nc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
+	bc := newBatchConn(nc)
+	tc := tls.Server(bc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -268,7 +269,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	c := newConn(tc, false, peer, connConfig{
+	c := newConn(tc, bc, false, peer, connConfig{
 		pingInterval: s.cfg.PingInterval,
 		pingTimeout:  s.cfg.PingTimeout,
 		maxStreams:   s.cfg.MaxConcurrentStreams,

@@ -163,7 +163,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		c.lockWrite()
 		err := c.writeDataLocked(s.id, p[:n], false)
 		if err != nil {
-			c.wmu.Unlock()
+			c.releaseWrite()
 			c.closeWith(fmt.Errorf("write: %w", err))
 			return written, fmt.Errorf("%w: %w", ErrConnClosed, err)
 		}
@@ -197,7 +197,7 @@ func (s *Stream) closeWrite() error {
 	c.mu.Unlock()
 	c.lockWrite()
 	if err := c.writeDataLocked(s.id, nil, true); err != nil {
-		c.wmu.Unlock()
+		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return fmt.Errorf("%w: %w", ErrConnClosed, err)
 	}

@@ -1,0 +1,246 @@
+package hbone
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/net/http2"
+
+	"github.com/ambit-mesh/ambit/internal/identity"
+)
+
+// The benchmarks compare, over loopback with the same certificates:
+// hbone (this package on both sides), tls (raw TLS 1.3 streams: the ceiling)
+// and xnet (golang.org/x/net/http2 CONNECT on both sides: the naive baseline).
+// Run: go test -run '^$' -bench . -benchtime 2s ./internal/hbone
+
+// app is the server side of a benchmark: it gets the tunnel's reader and
+// writer and a flush func.
+type app func(r io.Reader, w io.Writer, flush func())
+
+// sink reads until EOF, then answers one byte.
+func sink(r io.Reader, w io.Writer, flush func()) {
+	io.Copy(io.Discard, r)
+	w.Write([]byte{'k'})
+	flush()
+}
+
+// echoApp writes back every read.
+func echoApp(r io.Reader, w io.Writer, flush func()) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return
+			}
+			flush()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+type benchConn interface {
+	io.ReadWriter
+	closeWrite() error
+	Close() error
+}
+
+type streamConn struct{ *Stream }
+
+func (s streamConn) closeWrite() error { return s.CloseWrite() }
+
+type tlsConn struct{ *tls.Conn }
+
+func (c tlsConn) closeWrite() error { return c.CloseWrite() }
+
+type xnetConn struct {
+	pw   *io.PipeWriter
+	body io.ReadCloser
+}
+
+func (c xnetConn) Read(p []byte) (int, error)  { return c.body.Read(p) }
+func (c xnetConn) Write(p []byte) (int, error) { return c.pw.Write(p) }
+func (c xnetConn) closeWrite() error           { return c.pw.Close() }
+func (c xnetConn) Close() error                { c.pw.Close(); return c.body.Close() }
+
+// dialers open one benchmark connection per variant against a fresh server running a.
+var variants = []struct {
+	name string
+	open func(b *testing.B, a app) benchConn
+}{
+	{"hbone", openHBONE},
+	{"tls", openTLS},
+	{"xnet", openXNet},
+}
+
+func openHBONE(b *testing.B, a app) benchConn {
+	e := newEnv(b, func(r *Request) {
+		s, err := r.Accept()
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		a(s, s, func() {})
+		s.CloseWrite()
+	})
+	return streamConn{e.dial(b, 80)}
+}
+
+func benchCerts(b *testing.B) (*testCA, *tls.Certificate, *tls.Certificate) {
+	ca := newCA(b)
+	return ca, ca.issue(b, serverID), ca.issue(b, clientID)
+}
+
+func listenTLS(b *testing.B, ca *testCA, cert *tls.Certificate, serve func(net.Conn)) net.Addr {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
+		Certificates: []tls.Certificate{*cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    ca.pool,
+		NextProtos:   []string{"h2"},
+		MinVersion:   tls.VersionTLS13,
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	var conns []net.Conn
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			go func() {
+				if err := c.(*tls.Conn).Handshake(); err != nil {
+					c.Close()
+					return
+				}
+				serve(c)
+			}()
+		}
+	}()
+	b.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr()
+}
+
+func clientConfig(ca *testCA, cert *tls.Certificate) *tls.Config {
+	var peer identity.Identity
+	id, _ := identity.Parse(serverID)
+	return clientTLS(func() (*tls.Certificate, error) { return cert, nil },
+		func() (*x509.CertPool, error) { return ca.pool, nil }, []identity.Identity{id}, &peer)
+}
+
+func openTLS(b *testing.B, a app) benchConn {
+	ca, scert, ccert := benchCerts(b)
+	addr := listenTLS(b, ca, scert, func(c net.Conn) {
+		defer c.Close()
+		a(c, c, func() {})
+		c.(*tls.Conn).CloseWrite()
+	})
+	c, err := tls.Dial("tcp", addr.String(), clientConfig(ca, ccert))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return tlsConn{c}
+}
+
+func openXNet(b *testing.B, a app) benchConn {
+	ca, scert, ccert := benchCerts(b)
+	srv := &http2.Server{}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		f := w.(http.Flusher)
+		f.Flush()
+		a(r.Body, w, f.Flush)
+	})
+	addr := listenTLS(b, ca, scert, func(c net.Conn) { srv.ServeConn(c, &http2.ServeConnOpts{Handler: h}) })
+	tr := &http2.Transport{
+		DialTLSContext: func(ctx context.Context, network, _ string, _ *tls.Config) (net.Conn, error) {
+			return (&tls.Dialer{Config: clientConfig(ca, ccert)}).DialContext(ctx, network, addr.String())
+		},
+	}
+	b.Cleanup(tr.CloseIdleConnections)
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest(http.MethodConnect, "https://"+netip.MustParseAddrPort("127.0.0.1:80").String(), pr)
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		b.Fatalf("status %d", resp.StatusCode)
+	}
+	c := xnetConn{pw: pw, body: resp.Body}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+// BenchmarkThroughput: one stream, client -> server, 128 KiB writes.
+func BenchmarkThroughput(b *testing.B) {
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			c := v.open(b, sink)
+			buf := make([]byte, 128<<10)
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := c.closeWrite(); err != nil {
+				b.Fatal(err)
+			}
+			var k [1]byte
+			if _, err := io.ReadFull(c, k[:]); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+		})
+	}
+}
+
+// BenchmarkRoundTrip: one stream, 1 KiB request, 1 KiB echoed answer.
+func BenchmarkRoundTrip(b *testing.B) {
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			c := v.open(b, echoApp)
+			req := make([]byte, 1<<10)
+			resp := make([]byte, 1<<10)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, resp); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			c.closeWrite()
+			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, io.EOF) {
+				b.Log(err)
+			}
+		})
+	}
+}
