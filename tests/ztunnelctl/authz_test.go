@@ -23,9 +23,13 @@ func authorizationPolicy(ns, name string, action v1beta1.AuthorizationPolicy_Act
 	return p
 }
 
-func from(s *v1beta1.Source) *v1beta1.Rule { return &v1beta1.Rule{From: []*v1beta1.Rule_From{{Source: s}}} }
+func from(s *v1beta1.Source) *v1beta1.Rule {
+	return &v1beta1.Rule{From: []*v1beta1.Rule_From{{Source: s}}}
+}
 
-func to(op *v1beta1.Operation) *v1beta1.Rule { return &v1beta1.Rule{To: []*v1beta1.Rule_To{{Operation: op}}} }
+func to(op *v1beta1.Operation) *v1beta1.Rule {
+	return &v1beta1.Rule{To: []*v1beta1.Rule_To{{Operation: op}}}
+}
 
 func newConn(id, src string, port uint16) *authz.Conn {
 	c := &authz.Conn{Source: ip(src), Destination: ip("10.244.1.5"), Port: port}
