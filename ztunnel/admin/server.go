@@ -183,8 +183,8 @@ func (s *Server) Run(ctx context.Context, drain time.Duration) error {
 	return s.Stop(sctx)
 }
 
-// AdminAddr, StatsAddr and ReadyAddr return the bound addresses once started (nil before or
-// when disabled): useful with ":0" addresses in tests.
+// AdminAddr returns the bound address of the admin server once started (nil before, or when
+// disabled): useful with ":0" addresses in tests.
 func (s *Server) AdminAddr() net.Addr { return s.addr("admin") }
 
 // StatsAddr returns the bound address of the metrics server; see AdminAddr.

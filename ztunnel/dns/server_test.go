@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"runtime"
@@ -420,7 +421,7 @@ func TestServeStops(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	if _, err := New(Config{}); err != ErrNoResolver {
+	if _, err := New(Config{}); !errors.Is(err, ErrNoResolver) {
 		t.Errorf("New without resolver: got %v, want %v", err, ErrNoResolver)
 	}
 	if _, err := New(Config{Resolver: testResolver, Upstreams: []netip.AddrPort{{}}}); err == nil {

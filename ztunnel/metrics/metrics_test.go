@@ -162,8 +162,8 @@ func TestBytes(t *testing.T) {
 			t.Errorf("%s: closed got %v, want %v", s.name, got, s.wantClosed)
 		}
 	}
-	if c.Duration() <= 0 || c.Duration() != c.Duration() {
-		t.Errorf("Duration after close: got %v then %v, want a fixed positive value", c.Duration(), c.Duration())
+	if d1, d2 := c.Duration(), c.Duration(); d1 <= 0 || d1 != d2 {
+		t.Errorf("Duration after close: got %v then %v, want a fixed positive value", d1, d2)
 	}
 	if len(m.live) != 0 {
 		t.Errorf("live connections after close: got %d, want 0", len(m.live))
