@@ -1,0 +1,142 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/internal/zds"
+)
+
+type peerPIDKey struct{}
+
+// cniServer serves the plugin's calls. Each connection remembers the plugin's PID
+// (SO_PEERCRED): the netns path in a CNI call is a path in the container runtime's mount
+// namespace, which the agent reaches through /proc/PID/root while the plugin waits.
+func (a *Agent) cniServer() *http.Server {
+	return &http.Server{
+		Handler:           agentapi.Handler(a.serveCNI),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if pid := peerPID(c); pid > 0 {
+				return context.WithValue(ctx, peerPIDKey{}, pid)
+			}
+			return ctx
+		},
+	}
+}
+
+func peerPID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var cred *unix.Ucred
+	rc.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if cred == nil {
+		return 0
+	}
+	return int(cred.Pid)
+}
+
+func (a *Agent) serveCNI(ctx context.Context, path string, req agentapi.PodRequest) (bool, error) {
+	key := req.PodNamespace + "/" + req.PodName
+	switch path {
+	case agentapi.PathAdd:
+		enrolled, err := a.cniAdd(ctx, req)
+		if err != nil {
+			a.log.Warn("CNI ADD failed", "pod", key, "err", err)
+		} else if enrolled {
+			a.log.Info("enrolled new pod", "pod", key)
+		}
+		return enrolled, err
+	case agentapi.PathDel:
+		return false, a.unenrollKey(ctx, key)
+	default:
+		return a.cniCheck(ctx, req)
+	}
+}
+
+// lookup returns the pod and its namespace, from the informers or, for a pod the informer has
+// not seen yet, from the API server.
+func (a *Agent) lookup(ctx context.Context, req agentapi.PodRequest) (*corev1.Pod, *corev1.Namespace, error) {
+	pod, err := a.pods.Pods(req.PodNamespace).Get(req.PodName)
+	if err != nil || (req.PodUID != "" && string(pod.UID) != req.PodUID) {
+		pod, err = a.client.CoreV1().Pods(req.PodNamespace).Get(ctx, req.PodName, metav1.GetOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("looking up pod %s/%s: %w", req.PodNamespace, req.PodName, err)
+		}
+	}
+	ns, err := a.nss.Get(req.PodNamespace)
+	if err != nil {
+		ns, err = a.client.CoreV1().Namespaces().Get(ctx, req.PodNamespace, metav1.GetOptions{})
+		if err != nil {
+			return nil, nil, fmt.Errorf("looking up namespace %s: %w", req.PodNamespace, err)
+		}
+	}
+	return pod, ns, nil
+}
+
+func (a *Agent) notConnected() error {
+	return fmt.Errorf("ztunnel not connected on node %s; the kubelet retries the pod's sandbox", a.cfg.NodeName)
+}
+
+func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, error) {
+	pod, ns, err := a.lookup(ctx, req)
+	if err != nil {
+		return false, err
+	}
+	d := wantEnrolled(pod, ns)
+	for _, w := range d.warnings {
+		a.log.Warn(w)
+	}
+	if !d.enroll {
+		return false, nil
+	}
+	if !a.zds.Connected() {
+		return false, a.notConnected()
+	}
+	nsPath := req.Netns
+	if pid, ok := ctx.Value(peerPIDKey{}).(int); ok && pid > 0 && pid != selfPID {
+		nsPath = filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "root", req.Netns)
+	}
+	if err := a.enroll(ctx, pod, nsPath, req.IPs); err != nil {
+		if errors.Is(err, zds.ErrNotConnected) {
+			return false, a.notConnected()
+		}
+		return false, err
+	}
+	if err := a.annotate(ctx, pod, true); err != nil {
+		a.log.Warn("annotating a new pod; the reconciler retries", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
+		a.queue.Add(req.PodNamespace + "/" + req.PodName)
+	}
+	return true, nil
+}
+
+func (a *Agent) cniCheck(ctx context.Context, req agentapi.PodRequest) (bool, error) {
+	pod, ns, err := a.lookup(ctx, req)
+	if err != nil {
+		return false, err
+	}
+	a.mu.Lock()
+	_, enrolled := a.members[string(pod.UID)]
+	a.mu.Unlock()
+	if wantEnrolled(pod, ns).enroll && !enrolled {
+		return false, fmt.Errorf("pod %s/%s is selected for ambient but not enrolled on node %s", pod.Namespace, pod.Name, a.cfg.NodeName)
+	}
+	return enrolled, nil
+}

@@ -1,0 +1,276 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+
+	"istio.io/api/annotation"
+
+	zdspb "github.com/ambit-mesh/ambit/api/zds"
+	"github.com/ambit-mesh/ambit/cni/redirect"
+	"github.com/ambit-mesh/ambit/internal/zds"
+)
+
+// redirectionEnabled is the value of ambient.istio.io/redirection on an enrolled pod.
+const redirectionEnabled = "enabled"
+
+func (a *Agent) worker(ctx context.Context) {
+	for {
+		key, quit := a.queue.Get()
+		if quit {
+			return
+		}
+		if err := a.reconcile(ctx, key); err != nil {
+			a.log.Warn("reconciling pod; will retry", "pod", key, "err", err)
+			a.queue.AddRateLimited(key)
+		} else {
+			a.queue.Forget(key)
+		}
+		a.queue.Done(key)
+	}
+}
+
+// reconcile brings one pod's enrolment in line with its labels and its namespace's.
+func (a *Agent) reconcile(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	pod, err := a.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		return a.unenrollKey(ctx, key)
+	}
+	if err != nil {
+		return fmt.Errorf("reading pod: %w", err)
+	}
+	if podTerminated(pod) {
+		return a.unenroll(ctx, string(pod.UID))
+	}
+	nsObj, _ := a.nss.Get(ns)
+	d := wantEnrolled(pod, nsObj)
+	for _, w := range d.warnings {
+		a.log.Warn(w)
+	}
+	a.mu.Lock()
+	_, enrolled := a.members[string(pod.UID)]
+	a.mu.Unlock()
+	switch {
+	case d.enroll && !enrolled && !podRunning(pod):
+		// No sandbox yet: its CNI ADD enrols it.
+	case d.enroll && !enrolled:
+		if !a.zds.Connected() {
+			// Capturing now would send traffic to listeners nobody opened; the resync that
+			// follows ztunnel's connect enrols the pod.
+			a.log.Info("pod selected for ambient, waiting for ztunnel to connect", "pod", key)
+			return nil
+		}
+		pid, err := findPodProcess(a.cfg.ProcRoot, string(pod.UID))
+		if err != nil {
+			return fmt.Errorf("finding the netns of running pod %s: %w", key, err)
+		}
+		nsPath := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net")
+		if err := a.enroll(ctx, pod, nsPath, podIPs(pod)); err != nil {
+			return err
+		}
+		a.log.Info("enrolled running pod", "pod", key)
+	case !d.enroll && enrolled:
+		if err := a.unenroll(ctx, string(pod.UID)); err != nil {
+			return err
+		}
+		a.log.Info("unenrolled pod", "pod", key)
+	}
+	a.mu.Lock()
+	_, enrolled = a.members[string(pod.UID)]
+	a.mu.Unlock()
+	return a.annotate(ctx, pod, enrolled)
+}
+
+func podIPs(pod *corev1.Pod) []netip.Addr {
+	var ips []netip.Addr
+	for _, ip := range pod.Status.PodIPs {
+		if a, err := netip.ParseAddr(ip.IP); err == nil {
+			ips = append(ips, a)
+		}
+	}
+	return ips
+}
+
+// enroll hands the pod to ztunnel, then installs its redirection: in that order, so the
+// captured traffic finds ztunnel's listeners. On failure it undoes both.
+func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	uid := string(pod.UID)
+	key := pod.Namespace + "/" + pod.Name
+	if old := a.members[uid]; old != nil {
+		// A new sandbox for the same pod (or a repeated CNI ADD): start over.
+		if err := a.unenrollLocked(ctx, uid); err != nil {
+			a.log.Warn("removing the previous enrolment of a re-added pod", "pod", key, "err", err)
+		}
+	}
+	f, err := os.Open(nsPath)
+	if err != nil {
+		return fmt.Errorf("opening the netns of pod %s: %w", key, err)
+	}
+	fdPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+	zf, err := os.Open(fdPath)
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("opening the netns of pod %s: %w", key, err)
+	}
+	rp := redirect.Pod{
+		UID: uid, Namespace: pod.Namespace, Name: pod.Name, Netns: fdPath, IPs: ips,
+		Cgroup: findPodCgroup(a.cfg.CgroupRoot, uid),
+	}
+	info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
+	if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
+		err = fmt.Errorf("handing pod %s to ztunnel: %w", key, err)
+		return errors.Join(err, a.zds.Del(ctx, uid), f.Close())
+	}
+	if err := a.backend.Enroll(ctx, rp); err != nil {
+		err = fmt.Errorf("installing %s redirection for pod %s: %w", a.backend.Name(), key, err)
+		return errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
+	}
+	a.members[uid] = &member{key: key, pod: rp, nsFile: f}
+	a.syncProbeLocked()
+	return nil
+}
+
+func serviceAccount(pod *corev1.Pod) string {
+	if pod.Spec.ServiceAccountName != "" {
+		return pod.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+// unenroll removes the redirection first (traffic goes direct again), then tells ztunnel.
+func (a *Agent) unenroll(ctx context.Context, uid string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.unenrollLocked(ctx, uid)
+}
+
+func (a *Agent) unenrollKey(ctx context.Context, key string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for uid, m := range a.members {
+		if m.key == key {
+			return a.unenrollLocked(ctx, uid)
+		}
+	}
+	return nil
+}
+
+func (a *Agent) unenrollLocked(ctx context.Context, uid string) error {
+	m := a.members[uid]
+	if m == nil {
+		return nil
+	}
+	var errs []error
+	if m.pod.Netns != "" {
+		if err := a.backend.Unenroll(ctx, m.pod); err != nil {
+			errs = append(errs, fmt.Errorf("removing redirection of pod %s: %w", m.key, err))
+		}
+	}
+	if err := a.zds.Del(ctx, uid); err != nil {
+		errs = append(errs, err)
+	}
+	if m.nsFile != nil {
+		m.nsFile.Close()
+	}
+	delete(a.members, uid)
+	a.syncProbeLocked()
+	return errors.Join(errs...)
+}
+
+// syncProbeLocked rewrites the node's probe rule for the current members. mu must be held.
+func (a *Agent) syncProbeLocked() {
+	if !a.cfg.ProbeRule {
+		return
+	}
+	var ips []netip.Addr
+	for _, m := range a.members {
+		ips = append(ips, m.pod.IPs...)
+	}
+	if err := syncProbeRules(a.cfg.NodeNetns, ips); err != nil {
+		a.log.Error("updating the node's probe SNAT rule", "err", err)
+	}
+}
+
+// annotate sets or removes ambient.istio.io/redirection so it says whether the pod is enrolled.
+func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, enrolled bool) error {
+	key := annotation.AmbientRedirection.Name
+	if (pod.Annotations[key] == redirectionEnabled) == enrolled {
+		return nil
+	}
+	var value any // null removes the annotation
+	if enrolled {
+		value = redirectionEnabled
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{key: value}}})
+	_, err := a.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("annotating pod %s/%s %s: %w", pod.Namespace, pod.Name, key, err)
+	}
+	return nil
+}
+
+// recover re-establishes what a previous agent on this node enrolled (pods annotated
+// ambient.istio.io/redirection=enabled): their rules are re-installed (backends are
+// idempotent, so nothing is flushed) and they are recorded for ZDS replay, with their netns if
+// a process of theirs is found and as KeepWorkload otherwise. It runs before ZDS is served.
+func (a *Agent) recover(ctx context.Context) {
+	pods, err := a.pods.List(labels.Everything())
+	if err != nil {
+		a.log.Error("listing pods to recover", "err", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, pod := range pods {
+		if pod.Annotations[annotation.AmbientRedirection.Name] != redirectionEnabled || !podRunning(pod) {
+			continue
+		}
+		uid, key := string(pod.UID), pod.Namespace+"/"+pod.Name
+		info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
+		m := &member{key: key, pod: redirect.Pod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: podIPs(pod)}}
+		var zf *os.File
+		if pid, err := findPodProcess(a.cfg.ProcRoot, uid); err == nil {
+			f, ferr := os.Open(filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net"))
+			if ferr == nil {
+				m.nsFile = f
+				m.pod.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
+				m.pod.Cgroup = findPodCgroup(a.cfg.CgroupRoot, uid)
+				zf, _ = os.Open(m.pod.Netns)
+			}
+		}
+		if m.pod.Netns != "" {
+			if err := a.backend.Enroll(ctx, m.pod); err != nil {
+				a.log.Error("re-installing redirection of a recovered pod", "pod", key, "err", err)
+			}
+		} else {
+			a.log.Warn("recovered pod's netns not found; ztunnel is asked to keep it", "pod", key)
+		}
+		if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil && !errors.Is(err, zds.ErrNotConnected) {
+			a.log.Error("recording a recovered pod for ztunnel", "pod", key, "err", err)
+		}
+		a.members[uid] = m
+	}
+	a.syncProbeLocked()
+	if len(a.members) > 0 {
+		a.log.Info("recovered enrolled pods from a previous agent", "pods", len(a.members))
+	}
+}
