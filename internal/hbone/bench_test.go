@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/net/http2"
 
@@ -193,6 +195,15 @@ func openXNet(b *testing.B, a app) benchConn {
 	return c
 }
 
+// cpuTime returns the process's user+system CPU time. On a shared machine
+// wall-clock figures swing with the load; CPU per operation (both tunnel ends
+// run in this process) is the steadier comparison.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 // BenchmarkThroughput: one stream, client -> server, 128 KiB writes.
 func BenchmarkThroughput(b *testing.B) {
 	for _, v := range variants {
@@ -202,6 +213,7 @@ func BenchmarkThroughput(b *testing.B) {
 			b.SetBytes(int64(len(buf)))
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for range b.N {
 				if _, err := c.Write(buf); err != nil {
 					b.Fatal(err)
@@ -215,6 +227,8 @@ func BenchmarkThroughput(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.StopTimer()
+			cpu := cpuTime() - cpu0
+			b.ReportMetric(float64(b.N)*float64(len(buf))/1e6/cpu.Seconds(), "MB/cpu-s")
 		})
 	}
 }
@@ -228,6 +242,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			resp := make([]byte, 1<<10)
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu0 := cpuTime()
 			for range b.N {
 				if _, err := c.Write(req); err != nil {
 					b.Fatal(err)
@@ -237,6 +252,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				}
 			}
 			b.StopTimer()
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 			c.closeWrite()
 			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, io.EOF) {
 				b.Log(err)
