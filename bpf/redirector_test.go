@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -101,8 +102,12 @@ func TestRedirection(t *testing.T) {
 	r := newRedirector(t)
 
 	runChecks(t, tp, direct)
+	fds := openFds(t)
 	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach: %v", err)
+	}
+	if got := openFds(t); got != fds {
+		t.Errorf("Attach left %d file descriptors open, want 0: the kernel, not the process, must hold what it attached", got-fds)
 	}
 	t.Run("captured", func(t *testing.T) { runChecks(t, tp, captured) })
 	t.Run("dns over udp", func(t *testing.T) {
@@ -271,4 +276,13 @@ func TestEstablishedConnectionsSurvive(t *testing.T) {
 	if err := r.Detach(ctx, tp.podPath); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func openFds(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
