@@ -371,6 +371,28 @@ func (c *conn) ctlLoop() {
 
 var errIdle = errors.New("idle connection released")
 
+// goAway tells the peer to open no more streams; the connection closes once
+// its open streams are done.
+func (c *conn) goAway() {
+	c.lockWrite()
+	c.mu.Lock()
+	c.goaway = true
+	last := c.lastPeerID
+	c.mu.Unlock()
+	if err := c.wfr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
+		c.releaseWrite()
+		c.closeWith(fmt.Errorf("write: %w", err))
+		return
+	}
+	c.unlockWrite()
+	c.mu.Lock()
+	empty := len(c.streams) == 0
+	c.mu.Unlock()
+	if empty {
+		c.closeWith(errGoAway)
+	}
+}
+
 // shutdown sends GOAWAY (best effort: it does not wait behind a stuck writer)
 // and closes the connection.
 func (c *conn) shutdown(code http2.ErrCode, err error) {

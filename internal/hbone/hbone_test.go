@@ -481,3 +481,71 @@ func TestServerCloseFailsStreams(t *testing.T) {
 	}
 	waitFor(t, "pool drops the closed connection", func() bool { return e.pool.numConns() == 0 })
 }
+
+func TestShutdownDrains(t *testing.T) {
+	e := newEnv(t, echo)
+	s := e.dial(t, 80)
+	first := s.c
+	shut := make(chan error, 1)
+	go func() { shut <- e.srv.Shutdown(context.Background()) }()
+	waitFor(t, "client sees GOAWAY", func() bool {
+		first.mu.Lock()
+		defer first.mu.Unlock()
+		return first.goaway
+	})
+	if first.reserve(100) {
+		t.Fatal("a connection that got GOAWAY takes new streams")
+	}
+	// The open stream keeps working until it ends.
+	s.Write([]byte("still here"))
+	s.CloseWrite()
+	if b, err := io.ReadAll(s); string(b) != "still here" || err != nil {
+		t.Fatalf("after GOAWAY: got %q, %v; want \"still here\", nil", b, err)
+	}
+	s.Close()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	waitFor(t, "pool drops the drained connection", func() bool { return e.pool.numConns() == 0 })
+	e.close()
+	checkNoLeaks(t)
+}
+
+func TestIdleStreamHoldsNoBuffer(t *testing.T) {
+	e := newEnv(t, echo)
+	s := e.dial(t, 80)
+	defer s.Close()
+	msg := bytes.Repeat([]byte("y"), 300<<10)
+	go s.Write(msg)
+	if _, err := io.ReadFull(s, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	s.c.mu.Lock()
+	held := len(s.rb.chunks)
+	s.c.mu.Unlock()
+	if held != 0 {
+		t.Errorf("idle stream holds %d receive chunks, want 0", held)
+	}
+}
+
+func TestLeaksAfterClose(t *testing.T) {
+	e := newEnv(t, echo)
+	var streams []*Stream
+	for range 10 {
+		s := e.dial(t, 80)
+		s.Write([]byte("x"))
+		streams = append(streams, s)
+	}
+	streams[0].Close() // aborted (RST)
+	streams[1].CloseWrite()
+	e.close() // the rest fail with the connection
+	for _, s := range streams[2:] {
+		if _, err := s.Read(make([]byte, 8)); err == nil {
+			// buffered echo data may come first
+			if _, err := s.Read(make([]byte, 8)); err == nil {
+				t.Error("read after pool close: got nil error")
+			}
+		}
+	}
+	checkNoLeaks(t)
+}

@@ -368,6 +368,38 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// Shutdown stops accepting, sends GOAWAY on every connection so clients open
+// no new streams, and waits until the open streams have finished or ctx ends;
+// then it closes what is left like Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for ln := range s.lns {
+		ln.Close()
+	}
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.goAway()
+	}
+	var err error
+	for _, c := range conns {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err != nil {
+			break
+		}
+	}
+	s.Close()
+	return err
+}
+
 // Close stops every Serve loop, closes all connections (their streams fail
 // with ErrConnClosed) and waits for connection and handler goroutines to return.
 func (s *Server) Close() error {
