@@ -51,6 +51,11 @@ func startUpstream(t *testing.T, silent bool) *fakeUpstream {
 	if ln == nil {
 		t.Fatal("no free port for udp and tcp")
 	}
+	return serveUpstream(t, pc, ln, silent)
+}
+
+// serveUpstream serves the fake upstream on pc and ln (same address) until the test ends.
+func serveUpstream(t *testing.T, pc net.PacketConn, ln net.Listener, silent bool) *fakeUpstream {
 	u := &fakeUpstream{addr: ln.Addr().(*net.TCPAddr).AddrPort()}
 	done := make(chan struct{}, 2)
 	go func() {

@@ -2,18 +2,34 @@ package dns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
+
+// dialIn dials with d from inside h.
+func dialIn(ctx context.Context, h *netns.Handle, d *net.Dialer, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() error {
+		var err error
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
 
 // run runs a command and fails t with its output if it fails.
 func run(t *testing.T, stdin string, name string, args ...string) {
@@ -28,7 +44,8 @@ func run(t *testing.T, stdin string, name string, args ...string) {
 // TestRedirectedQueries runs the proxy the way ztunnel does, on the wildcard address inside a
 // pod-like network namespace whose DNS traffic an nftables rule redirects to 15053 (the
 // nftables backend's rule), and queries the cluster DNS Service IP from an app socket in that
-// namespace. The answers must come back as if from 10.96.0.10:53.
+// namespace. The answers must come back as if from 10.96.0.10:53, and names the proxy does not
+// know must reach the real cluster DNS through the proxy's marked sockets (no redirect loop).
 func TestRedirectedQueries(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
@@ -72,7 +89,34 @@ func TestRedirectedQueries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Resolver: testResolver})
+	// The cluster DNS lives at 10.96.0.10:53 inside the namespace: the app's queries to it are
+	// redirected to the proxy, while the proxy's own, marked, upstream queries reach it.
+	run(t, "", "ip", "-n", name, "addr", "add", "10.96.0.10/32", "dev", "lo")
+	var upc net.PacketConn
+	if err := h.Do(func() error {
+		var lc net.ListenConfig
+		upc, err = lc.ListenPacket(ctx, "udp4", "10.96.0.10:53")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	uln, err := h.Listen(ctx, &net.ListenConfig{}, "tcp4", "10.96.0.10:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := serveUpstream(t, upc, uln, false)
+	marked := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, 0x539) })
+		return errors.Join(err, serr)
+	}}
+	s, err := New(Config{
+		Resolver:  testResolver,
+		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:53")},
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return dialIn(ctx, h, marked, network, addr)
+		},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,15 +129,26 @@ func TestRedirectedQueries(t *testing.T) {
 		}
 	}()
 
-	for _, network := range []string{"udp", "tcp"} {
-		t.Run(network, func(t *testing.T) {
+	tests := []struct {
+		network, name string
+		want          []string
+	}{
+		{"udp", "reviews.default.svc.cluster.local.", []string{"10.96.0.10"}},
+		{"tcp", "reviews.default.svc.cluster.local.", []string{"10.96.0.10"}},
+		{"udp", "example.com.", []string{"93.184.216.34"}},
+		{"tcp", "example.com.", []string{"93.184.216.34"}},
+		{"tcp", "big.example.com.", bigAnswers()},
+	}
+	for _, tt := range tests {
+		network := tt.network
+		t.Run(network+" "+tt.name, func(t *testing.T) {
 			c, err := h.DialContext(ctx, network, "10.96.0.10:53")
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer c.Close()
 			c.SetDeadline(time.Now().Add(testTimeout))
-			req := q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA, id: 77}.pack(t)
+			req := q{name: tt.name, typ: dnsmessage.TypeA, id: 77}.pack(t)
 			var resp []byte
 			if network == "tcp" {
 				if err := writeFramed(c, req); err != nil {
@@ -116,9 +171,12 @@ func TestRedirectedQueries(t *testing.T) {
 			if err := m.Unpack(resp); err != nil {
 				t.Fatal(err)
 			}
-			if got := answers(m); m.ID != 77 || len(got) != 1 || got[0] != "10.96.0.10" {
-				t.Errorf("answer: got id %d %v, want id 77 [10.96.0.10]", m.ID, got)
+			if got := answers(m); m.ID != 77 || !slices.Equal(got, tt.want) {
+				t.Errorf("answer: got id %d %v, want id 77 %v", m.ID, got, tt.want)
 			}
 		})
+	}
+	if up.queries.Load() == 0 || up.tcp.Load() == 0 {
+		t.Errorf("cluster DNS saw %d udp queries and %d tcp connections, want both > 0", up.queries.Load(), up.tcp.Load())
 	}
 }
