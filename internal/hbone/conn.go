@@ -113,7 +113,6 @@ type conn struct {
 	idleSince    time.Time
 	pingOut      bool
 	pingSent     time.Time
-	gotSettings  bool
 
 	ctlMu     sync.Mutex // ctlMu guards ctlq
 	ctlq      []ctlFrame
@@ -452,12 +451,16 @@ func (c *conn) readLoop() {
 }
 
 func (c *conn) readFrames() error {
+	settingsSeen := false
 	for {
 		h, err := c.br.Peek(9)
 		if err != nil {
 			return err
 		}
 		if http2.FrameType(h[3]) == http2.FrameData {
+			if !settingsSeen {
+				return connErr{http2.ErrCodeProtocol, "DATA before SETTINGS"}
+			}
 			length := uint32(h[0])<<16 | uint32(h[1])<<8 | uint32(h[2])
 			flags := http2.Flags(h[4])
 			sid := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
@@ -488,10 +491,7 @@ func (c *conn) readFrames() error {
 			}
 			return err
 		}
-		c.mu.Lock()
-		first := !c.gotSettings
-		c.mu.Unlock()
-		if first {
+		if !settingsSeen {
 			if ga, ok := f.(*http2.GoAwayFrame); ok {
 				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", ga.ErrCode, ga.DebugData())
 			}
@@ -499,6 +499,7 @@ func (c *conn) readFrames() error {
 			if !ok || sf.IsAck() {
 				return connErr{http2.ErrCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.Header())}
 			}
+			settingsSeen = true
 		}
 		if err := c.handleFrame(f); err != nil {
 			return err
@@ -566,7 +567,6 @@ func (c *conn) handleSettings(f *http2.SettingsFrame) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gotSettings = true
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			var ce http2.ConnectionError

@@ -286,20 +286,24 @@ func (s *Stream) setDeadline(d *deadline, t time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	d.t = t
-	if d.timer != nil {
-		d.timer.Stop()
-		d.timer = nil
-	}
 	if t.IsZero() || s.closed {
+		if d.timer != nil {
+			d.timer.Stop()
+		}
 		return
 	}
-	if dur := time.Until(t); dur > 0 {
-		d.timer = time.AfterFunc(dur, func() {
-			c.mu.Lock()
-			s.cond.Broadcast()
-			c.mu.Unlock()
-		})
+	dur := time.Until(t)
+	if dur <= 0 {
+		s.cond.Broadcast()
 		return
 	}
-	s.cond.Broadcast()
+	if d.timer != nil {
+		d.timer.Reset(dur) // reused: a proxy moving its deadline on every read allocates nothing
+		return
+	}
+	d.timer = time.AfterFunc(dur, func() {
+		c.mu.Lock()
+		s.cond.Broadcast()
+		c.mu.Unlock()
+	})
 }
