@@ -5,17 +5,20 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
-// TestTimeWaitReuse: a new connection that reuses the 4-tuple of a captured connection still
-// in TIME_WAIT in the pod (ztunnel closed first) is captured too, not handed to the app's
-// listener by the kernel's TIME_WAIT recycling.
+// TestTimeWaitReuse: a new connection that reuses the addresses of a captured connection
+// still in time-wait in the pod (ztunnel closed first) is captured too, not handed by the
+// kernel's time-wait recycling to the app's listener on the original port (8080 here).
 func TestTimeWaitReuse(t *testing.T) {
 	ctx := context.Background()
 	tp := newTopo(t)
@@ -25,29 +28,64 @@ func TestTimeWaitReuse(t *testing.T) {
 	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
-	d := net.Dialer{
-		Timeout:   5 * time.Second,
-		LocalAddr: &net.TCPAddr{IP: peerIP.AsSlice(), Port: 40404},
-		Control: func(network, address string, c syscall.RawConn) error {
-			return c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
-		},
+	for _, c := range []struct {
+		name   string
+		from   *netns.Handle
+		src    netip.AddrPort
+		dst    netip.AddrPort
+		want   string
+		twPeer string // the time-wait socket's remote address, as ss prints it
+	}{
+		{"inbound", tp.peer, ap(peerIP, 40404), ap(podIP, appPort), "ztunnel:15006 10.77.0.2:8080", "10.77.0.1:40404"},
+		{"outbound", tp.pod, ap(podIP, 40405), ap(remoteIP, appPort), "ztunnel:15001 10.88.0.5:8080", "10.77.0.2:40405"},
+	} {
+		d := net.Dialer{
+			Timeout:   5 * time.Second,
+			LocalAddr: net.TCPAddrFromAddrPort(c.src),
+			Control: func(network, address string, rc syscall.RawConn) error {
+				return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) })
+			},
+		}
+		for i := range 3 {
+			if i > 0 {
+				waitTimeWait(t, tp, c.twPeer)
+			}
+			var conn net.Conn
+			err := c.from.Do(func() error {
+				var err error
+				conn, err = d.DialContext(ctx, "tcp4", c.dst.String())
+				return err
+			})
+			if err != nil {
+				t.Fatalf("%s: dial %d: %v", c.name, i, err)
+			}
+			conn.SetDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil || !strings.HasPrefix(line, c.want) {
+				t.Errorf("%s: connection %d got %q, %v; want %q", c.name, i, line, err, c.want)
+			}
+		}
 	}
-	for i := range 3 {
-		var c net.Conn
-		start := time.Now()
-		err := tp.peer.Do(func() error {
-			var err error
-			c, err = d.DialContext(ctx, "tcp4", ap(podIP, appPort).String())
-			return err
+}
+
+// waitTimeWait waits until the pod holds a connection with remote address peer in time-wait,
+// which the next connection then reuses.
+func waitTimeWait(t *testing.T, tp *topo, peer string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var out []byte
+		tp.pod.Do(func() error {
+			out, _ = exec.Command("ss", "-Htn", "state", "time-wait", "dst", peer).Output()
+			return nil
 		})
-		if err != nil {
-			t.Fatalf("dial %d: %v", i, err)
+		if len(strings.TrimSpace(string(out))) > 0 {
+			return
 		}
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		c.Close()
-		if want := "ztunnel:15006 10.77.0.2:8080"; err != nil || !strings.HasPrefix(line, want) {
-			t.Errorf("connection %d (after %v) got %q, %v; want %q", i, time.Since(start), line, err, want)
+		if time.Now().After(deadline) {
+			t.Fatalf("the pod never held the connection from %s in time-wait", peer)
 		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
