@@ -92,12 +92,16 @@ func (s *Server) handle(ctx context.Context, req []byte, tcp bool) []byte {
 		s.cfg.Observer.ObserveRequest(qtype, proto)
 	}
 	if q.question.Class == dnsmessage.ClassINET && (q.question.Type == dnsmessage.TypeA || q.question.Type == dnsmessage.TypeAAAA) {
-		if addrs, ok := s.cfg.Resolver.LookupHost(q.name); ok {
+		addrs, ok := s.cfg.Resolver.LookupHost(q.name)
+		switch {
+		case ok && len(addrs) > 0:
 			return s.reply(q, dnsmessage.RCodeSuccess, addrs, tcp)
-		}
-		// The zone apex itself exists (it has an SOA upstream), so only names below it are
-		// answered NXDOMAIN.
-		if s.cfg.Authoritative && strings.HasSuffix(q.name, s.svcSuffix) {
+		case ok:
+			// Known without addresses (a headless Service): its records are the pods', which
+			// the cluster DNS serves.
+		case s.cfg.Authoritative && strings.HasSuffix(q.name, s.svcSuffix):
+			// The zone apex itself exists (it has an SOA upstream), so only names below it
+			// are answered NXDOMAIN.
 			return s.reply(q, dnsmessage.RCodeNameError, nil, tcp)
 		}
 	}

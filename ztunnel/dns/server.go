@@ -40,7 +40,9 @@ import (
 type Resolver interface {
 	// LookupHost returns the addresses of name, a lowercase fully qualified name without the
 	// trailing dot (e.g. "reviews.default.svc.cluster.local"). ok is false if the host is
-	// unknown; ok with no addresses of the queried family yields an empty NOERROR answer.
+	// unknown. A known host with addresses, but none of the queried family, gets an empty
+	// NOERROR answer; a known host with no addresses at all (a headless Service) is forwarded
+	// like an unknown one, never answered NXDOMAIN.
 	// It is called concurrently and must not block on the network.
 	LookupHost(name string) (addrs []netip.Addr, ok bool)
 }

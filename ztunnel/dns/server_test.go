@@ -16,10 +16,11 @@ import (
 )
 
 var hosts = map[string][]netip.Addr{
-	"reviews.default.svc.cluster.local": {netip.MustParseAddr("10.96.0.10")},
-	"dual.default.svc.cluster.local":    {netip.MustParseAddr("10.96.0.11"), netip.MustParseAddr("fd00::11"), netip.MustParseAddr("::ffff:10.96.0.12")},
-	"v6.default.svc.cluster.local":      {netip.MustParseAddr("fd00::12")},
-	"api.external.example":              {netip.MustParseAddr("240.240.0.1")},
+	"reviews.default.svc.cluster.local":  {netip.MustParseAddr("10.96.0.10")},
+	"dual.default.svc.cluster.local":     {netip.MustParseAddr("10.96.0.11"), netip.MustParseAddr("fd00::11"), netip.MustParseAddr("::ffff:10.96.0.12")},
+	"v6.default.svc.cluster.local":       {netip.MustParseAddr("fd00::12")},
+	"api.external.example":               {netip.MustParseAddr("240.240.0.1")},
+	"headless.default.svc.cluster.local": {},
 }
 
 var testResolver = ResolverFunc(func(name string) ([]netip.Addr, bool) {
@@ -67,6 +68,8 @@ func TestAnswers(t *testing.T) {
 		{name: "edns echoed", q: q{name: "reviews.default.svc.cluster.local.", typ: dnsmessage.TypeA, edns: 4096}, wantAnswers: []string{"10.96.0.10"}, wantAA: true},
 		{name: "unknown service forwarded", q: q{name: "nope.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "unknown service authoritative", authoritative: true, q: q{name: "nope.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantAA: true},
+		{name: "headless forwarded", q: q{name: "headless.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
+		{name: "headless forwarded when authoritative", authoritative: true, q: q{name: "headless.default.svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "authoritative forwards the zone apex", authoritative: true, q: q{name: "svc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "authoritative ignores look-alike zones", authoritative: true, q: q{name: "x.mysvc.cluster.local.", typ: dnsmessage.TypeA}, wantRCode: dnsmessage.RCodeNameError, wantUpstream: true},
 		{name: "authoritative keeps other zones upstream", authoritative: true, q: q{name: "example.com.", typ: dnsmessage.TypeA}, wantAnswers: []string{"93.184.216.34"}, wantUpstream: true},
