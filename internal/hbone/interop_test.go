@@ -33,7 +33,8 @@ func xnetServer(t testing.TB, ca *testCA) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http2.Server{}
+	// Small frames and windows: our client must honour the peer's settings.
+	srv := &http2.Server{MaxReadFrameSize: 16 << 10, MaxUploadBufferPerStream: 256 << 10, MaxUploadBufferPerConnection: 512 << 10}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodConnect {
 			http.Error(w, "not CONNECT", http.StatusBadRequest)
@@ -157,6 +158,7 @@ func echoCheck(pool *Pool, src *Source, tgt Target, size int64) error {
 // xnetTransport is an x/net HTTP/2 client that always dials addr with the test identity.
 func xnetTransport(e *env) *http2.Transport {
 	return &http2.Transport{
+		MaxReadFrameSize: 16 << 10, // our server must honour it
 		DialTLSContext: func(ctx context.Context, network, _ string, _ *tls.Config) (net.Conn, error) {
 			nc, err := (&net.Dialer{}).DialContext(ctx, network, e.addr.String())
 			if err != nil {
