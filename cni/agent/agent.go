@@ -160,6 +160,7 @@ func (a *Agent) ZDS() *zds.Server { return a.zds }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	defer a.release()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer a.queue.ShutDown()
@@ -214,6 +215,20 @@ func (a *Agent) Run(ctx context.Context) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// release closes the netns files the agent holds once everything has stopped. The pods'
+// redirection stays: a restarted agent recovers it.
+func (a *Agent) release() {
+	a.zds.Close()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range a.members {
+		if m.nsFile != nil {
+			m.nsFile.Close()
+		}
+	}
+	a.members = map[string]*member{}
 }
 
 // watchZtunnel resyncs every pod when a ztunnel connects: pods that could not be enrolled
