@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -285,4 +286,16 @@ func openFds(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return len(ents)
+}
+
+// TestNewNeedsBPFFS: a pin directory that is not on a bpffs is reported as not supported,
+// which makes the agent fall back to nftables with the reason.
+func TestNewNeedsBPFFS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading eBPF needs root (CI runs as root)")
+	}
+	_, err := New(Options{PinDir: filepath.Join(t.TempDir(), "ambit")})
+	if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "bpffs") {
+		t.Errorf("New with a pin directory on tmpfs: got %v, want an error wrapping ErrNotSupported naming bpffs", err)
+	}
 }
