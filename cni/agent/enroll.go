@@ -68,8 +68,8 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 	_, enrolled := a.members[string(pod.UID)]
 	a.mu.Unlock()
 	switch {
-	case d.enroll && !enrolled && !podRunning(pod):
-		// No sandbox yet: its CNI ADD enrols it.
+	case d.enroll && !enrolled && (!podRunning(pod) || pod.DeletionTimestamp != nil):
+		// No sandbox yet (its CNI ADD enrols it), or one on its way out.
 	case d.enroll && !enrolled:
 		if !a.zds.Connected() {
 			// Capturing now would send traffic to listeners nobody opened; the resync that
