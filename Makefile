@@ -17,9 +17,10 @@ K8S_VERSION         := v1.34.4
 RUNC_VERSION        := v1.3.6
 CNI_PLUGINS_VERSION := v1.9.1
 
-# Debian packages: runc's seccomp build, the programs the harness and the nodes run.
+# Debian packages: runc's seccomp build, the programs the harness and the nodes run, protoc and
+# clang/llvm-strip for make generate (api/ protobufs, bpf/ objects).
 APT_PACKAGES := gcc libc6-dev libseccomp-dev pkg-config iptables nftables util-linux mount iproute2 \
-	protobuf-compiler libprotobuf-dev
+	protobuf-compiler libprotobuf-dev clang llvm
 
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
@@ -108,7 +109,7 @@ $(PROTOC_GEN_GO_GRPC_STAMP):
 	@rm -f $(BIN)/.protoc-gen-go-grpc-v* && touch $@
 
 
-generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate the Go code of api/**/*.proto
+generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate api/ (protobufs), bpf/ (eBPF objects) and the CRDs
 	@have=$$(protoc --version); if [ "$$have" != "libprotoc $(PROTOC_VERSION)" ]; then \
 		echo "protoc: found \"$$have\", want libprotoc $(PROTOC_VERSION) (Debian bookworm protobuf-compiler)"; exit 1; fi
 	find api -name '*.pb.go' -delete
@@ -117,13 +118,16 @@ generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate 
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
 		$$(find . -name '*.proto' -printf '%P\n' | LC_ALL=C sort)
 
+	@# The eBPF programs and their Go bindings (bpf2go is pinned in go.mod's tool block).
+	$(GO) generate ./bpf/...
+
 	@# The Istio CRDs, from the istio.io/api version pinned in go.mod.
 	cp "$$($(GO) list -m -f '{{.Dir}}' istio.io/api)/kubernetes/customresourcedefinitions.gen.yaml" \
 		deploy/charts/base/files/crd-all.gen.yaml
 	chmod 644 deploy/charts/base/files/crd-all.gen.yaml
 
 check-generate: generate ## fail if the committed generated files are not what make generate produces
-	@out=$$(git status --porcelain api/ deploy/charts/base/files/); if [ -n "$$out" ]; then \
+	@out=$$(git status --porcelain api/ bpf/ deploy/charts/base/files/); if [ -n "$$out" ]; then \
 		echo "generated files differ from the committed tree after make generate: run make generate and commit the result"; \
 		echo "$$out"; exit 1; fi
 

@@ -64,7 +64,8 @@ func (c *Cluster) prepareNode(ctx context.Context, n *Node) error {
 			return fmt.Errorf("creating %s of %s: %w", d, n.Name, err)
 		}
 	}
-	script := []string{"set -e"}
+	// A bpffs of the node's own, for the node agent's pinned eBPF links.
+	script := []string{"set -e", "mount -t bpf bpf /sys/fs/bpf"}
 	for _, m := range hostMountpoints {
 		script = append(script, fmt.Sprintf("mount --bind %q %q", filepath.Join(n.dir, m.dir), m.path))
 	}
