@@ -74,7 +74,7 @@ type Plugin struct {
 
 // Funcs returns the plugin's commands for skel.
 func (p *Plugin) Funcs() skel.CNIFuncs {
-	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check}
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, GC: p.GC, Status: p.Status}
 }
 
 // About is the plugin's one-line description for skel.
@@ -177,4 +177,18 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return fmt.Errorf("%s: checking pod %s/%s: %w", Type, req.PodNamespace, req.PodName, err)
 	}
 	return nil
+}
+
+// GC (CNI 1.1) has nothing to collect: the agent drops pods it learns are gone from the API
+// server.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	_, err := ParseConfig(args.StdinData)
+	return err
+}
+
+// Status (CNI 1.1) always reports ready: an unavailable agent or ztunnel fails only the ADD of
+// pods selected for ambient, with its reason, and must not stop every other pod on the node.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	_, err := ParseConfig(args.StdinData)
+	return err
 }

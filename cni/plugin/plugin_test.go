@@ -213,6 +213,11 @@ func TestBinary(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), `"0.3.1"`) || !strings.Contains(string(out), `"1.1.0"`) {
 		t.Errorf("VERSION = %s, %v; want every spec version", out, err)
 	}
+	for _, cmd := range []string{"GC", "STATUS"} {
+		if out, err := run(cmd, config("1.1.0", "/nonexistent/agent.sock", false)); err != nil {
+			t.Errorf("%s: %v (%s); want success", cmd, err, out)
+		}
+	}
 	a.mu.Lock()
 	a.answer = errors.New("ztunnel not connected on node n1")
 	a.mu.Unlock()
