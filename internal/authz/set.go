@@ -87,13 +87,13 @@ func (s *Set) All(fn func(*Policy) bool) {
 type Outcome uint8
 
 const (
-	// DeniedByPolicy: a DENY policy matched.
+	// DeniedByPolicy means a DENY policy matched.
 	DeniedByPolicy Outcome = iota + 1
-	// AllowedNoPolicy: no ALLOW policy applies to the destination.
+	// AllowedNoPolicy means no ALLOW policy applies to the destination.
 	AllowedNoPolicy
-	// AllowedByPolicy: an ALLOW policy matched.
+	// AllowedByPolicy means an ALLOW policy matched.
 	AllowedByPolicy
-	// DeniedNoMatch: ALLOW policies apply and none matched.
+	// DeniedNoMatch means ALLOW policies apply and none matched.
 	DeniedNoMatch
 )
 

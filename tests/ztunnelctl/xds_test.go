@@ -105,10 +105,7 @@ func must(t *testing.T, err error) {
 	}
 }
 
-var (
-	web    = map[string]string{"app": "web"}
-	webKey = "shop/web.shop.svc.cluster.local"
-)
+var web = map[string]string{"app": "web"}
 
 func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -545,7 +546,7 @@ func TestLookupAfterStop(t *testing.T) {
 	e.cancel()
 	waitFor(t, "Run to stop", func() bool {
 		_, err := e.client.Lookup(context.Background(), "x")
-		return err == ErrClosed
+		return errors.Is(err, ErrClosed)
 	})
 }
 
