@@ -384,12 +384,16 @@ func (s *State) Endpoints(ctx context.Context, svc *Service) ([]*Workload, error
 	if fetched {
 		return eps, nil
 	}
-	if box := s.lookup.Load(); box != nil {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
-		defer cancel()
-		if _, err := box.l.Subscribe(ctx, svc.Key); err != nil {
-			return eps, fmt.Errorf("fetching endpoints of %s: %w", svc.Key, err)
-		}
+	box := s.lookup.Load()
+	if box == nil {
+		// Without a control plane to ask, what is held is all there is; ask again once a
+		// Lookuper is set.
+		return eps, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.LookupTimeout)
+	defer cancel()
+	if _, err := box.l.Subscribe(ctx, svc.Key); err != nil {
+		return eps, fmt.Errorf("fetching endpoints of %s: %w", svc.Key, err)
 	}
 	s.mu.Lock()
 	s.fetched[svc.Key] = true
