@@ -191,8 +191,7 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	bc := newBatchConn(nc)
-	tc := tls.Client(bc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
+	tc := tls.Client(nc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -201,7 +200,7 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.Close()
 		return nil, fmt.Errorf("server negotiated ALPN %q, want h2", got)
 	}
-	c := newConn(tc, bc, true, peer, connConfig{
+	c := newConn(tc, true, peer, connConfig{
 		pingInterval: p.cfg.PingInterval,
 		pingTimeout:  p.cfg.PingTimeout,
 		idleTimeout:  p.cfg.IdleTimeout,

@@ -77,8 +77,7 @@ type connConfig struct {
 // conn is one HBONE connection (either side): an HTTP/2 connection that only
 // carries CONNECT streams.
 type conn struct {
-	nc     net.Conn   // the TLS connection
-	batch  *batchConn // under nc; nil when nc writes straight to the socket
+	nc     net.Conn // the TLS connection
 	client bool
 	peer   identity.Identity
 	cfg    connConfig
@@ -123,7 +122,7 @@ type conn struct {
 	wg   sync.WaitGroup // the read and control loops
 }
 
-func newConn(nc net.Conn, batch *batchConn, client bool, peer identity.Identity, cfg connConfig) *conn {
+func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *conn {
 	if cfg.pingInterval <= 0 {
 		cfg.pingInterval = defaultPingInterval
 	}
@@ -132,7 +131,6 @@ func newConn(nc net.Conn, batch *batchConn, client bool, peer identity.Identity,
 	}
 	c := &conn{
 		nc:           nc,
-		batch:        batch,
 		client:       client,
 		peer:         peer,
 		cfg:          cfg,
@@ -188,20 +186,12 @@ func (c *conn) start() error {
 }
 
 // releaseWrite gives up the write lock after a failed write, without flushing.
-func (c *conn) releaseWrite() {
-	if c.batch != nil {
-		c.batch.end()
-	}
-	c.wmu.Unlock()
-}
+func (c *conn) releaseWrite() { c.wmu.Unlock() }
 
 func (c *conn) lockWrite() {
 	c.wwait.Add(1)
 	c.wmu.Lock()
 	c.wwait.Add(-1)
-	if c.batch != nil {
-		c.batch.begin()
-	}
 }
 
 // unlockWrite flushes unless another writer is queued (it will flush), so
@@ -210,11 +200,6 @@ func (c *conn) unlockWrite() error {
 	var err error
 	if c.wwait.Load() == 0 {
 		err = c.bw.Flush()
-		if c.batch != nil {
-			if berr := c.batch.end(); err == nil {
-				err = berr
-			}
-		}
 	}
 	c.wmu.Unlock()
 	if err != nil {

@@ -133,7 +133,7 @@ func FuzzFrames(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fc := &fuzzConn{r: bytes.NewReader(data), done: make(chan struct{}), eof: make(chan struct{})}
-		c := newConn(fc, nil, false, identity.Identity{TrustDomain: "cluster.local", Namespace: "a", ServiceAccount: "b"}, connConfig{maxStreams: 100})
+		c := newConn(fc, false, identity.Identity{TrustDomain: "cluster.local", Namespace: "a", ServiceAccount: "b"}, connConfig{maxStreams: 100})
 		c.srv = srv
 		if err := c.start(); err != nil {
 			t.Fatal(err)

@@ -254,8 +254,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	bc := newBatchConn(nc)
-	tc := tls.Server(bc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
+	tc := tls.Server(nc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -269,7 +268,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	c := newConn(tc, bc, false, peer, connConfig{
+	c := newConn(tc, false, peer, connConfig{
 		pingInterval: s.cfg.PingInterval,
 		pingTimeout:  s.cfg.PingTimeout,
 		maxStreams:   s.cfg.MaxConcurrentStreams,
