@@ -44,6 +44,9 @@ var clientPreface = []byte(http2.ClientPreface)
 // carrying the stream has closed. The connection's own error is wrapped next to it.
 var ErrConnClosed = errors.New("hbone connection closed")
 
+// ErrStreamReset is wrapped by stream errors after the peer sent RST_STREAM.
+var ErrStreamReset = errors.New("hbone stream reset")
+
 // errGoAway is wrapped when a stream cannot start because the peer sent GOAWAY.
 var errGoAway = errors.New("connection is going away")
 
@@ -512,7 +515,7 @@ func (c *conn) handleFrame(f http2.Frame) error {
 		c.mu.Lock()
 		s := c.streams[f.StreamID]
 		if s != nil {
-			s.resetLocked(fmt.Errorf("stream reset by peer: %v", f.ErrCode))
+			s.resetLocked(fmt.Errorf("%w by peer: %v", ErrStreamReset, f.ErrCode))
 		} else if c.idleStreamLocked(f.StreamID) {
 			c.mu.Unlock()
 			return connErr{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}

@@ -549,3 +549,21 @@ func TestLeaksAfterClose(t *testing.T) {
 	}
 	checkNoLeaks(t)
 }
+
+func TestPeerReset(t *testing.T) {
+	e := newEnv(t, func(r *Request) {
+		s, err := r.Accept()
+		if err != nil {
+			return
+		}
+		s.Read(make([]byte, 1))
+		s.Close() // before the client finished: RST_STREAM(CANCEL)
+	})
+	s := e.dial(t, 80)
+	defer s.Close()
+	s.Write([]byte("x"))
+	_, err := io.ReadAll(s)
+	if !errors.Is(err, ErrStreamReset) {
+		t.Fatalf("read after the server aborted: got %v, want ErrStreamReset", err)
+	}
+}
