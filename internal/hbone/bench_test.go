@@ -75,17 +75,19 @@ func (c xnetConn) Write(p []byte) (int, error) { return c.pw.Write(p) }
 func (c xnetConn) closeWrite() error           { return c.pw.Close() }
 func (c xnetConn) Close() error                { c.pw.Close(); return c.body.Close() }
 
-// dialers open one benchmark connection per variant against a fresh server running a.
+// Each variant starts a fresh server running a and returns an opener of
+// client streams (hbone, xnet: streams sharing one pooled connection; tls: one
+// connection each).
 var variants = []struct {
 	name string
-	open func(b *testing.B, a app) benchConn
+	open func(b *testing.B, a app) func() benchConn
 }{
 	{"hbone", openHBONE},
 	{"tls", openTLS},
 	{"xnet", openXNet},
 }
 
-func openHBONE(b *testing.B, a app) benchConn {
+func openHBONE(b *testing.B, a app) func() benchConn {
 	e := newEnv(b, func(r *Request) {
 		s, err := r.Accept()
 		if err != nil {
@@ -95,7 +97,11 @@ func openHBONE(b *testing.B, a app) benchConn {
 		a(s, s, func() {})
 		s.CloseWrite()
 	})
-	return streamConn{e.dial(b, 80)}
+	return func() benchConn {
+		s := e.dial(b, 80)
+		b.Cleanup(func() { s.Close() })
+		return streamConn{s}
+	}
 }
 
 func benchCerts(b *testing.B) (*testCA, *tls.Certificate, *tls.Certificate) {
@@ -150,22 +156,24 @@ func clientConfig(ca *testCA, cert *tls.Certificate) *tls.Config {
 		func() (*x509.CertPool, error) { return ca.pool, nil }, []identity.Identity{id}, &peer)
 }
 
-func openTLS(b *testing.B, a app) benchConn {
+func openTLS(b *testing.B, a app) func() benchConn {
 	ca, scert, ccert := benchCerts(b)
 	addr := listenTLS(b, ca, scert, func(c net.Conn) {
 		defer c.Close()
 		a(c, c, func() {})
 		c.(*tls.Conn).CloseWrite()
 	})
-	c, err := tls.Dial("tcp", addr.String(), clientConfig(ca, ccert))
-	if err != nil {
-		b.Fatal(err)
+	return func() benchConn {
+		c, err := tls.Dial("tcp", addr.String(), clientConfig(ca, ccert))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return tlsConn{c}
 	}
-	b.Cleanup(func() { c.Close() })
-	return tlsConn{c}
 }
 
-func openXNet(b *testing.B, a app) benchConn {
+func openXNet(b *testing.B, a app) func() benchConn {
 	ca, scert, ccert := benchCerts(b)
 	srv := &http2.Server{}
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -181,6 +189,10 @@ func openXNet(b *testing.B, a app) benchConn {
 		},
 	}
 	b.Cleanup(tr.CloseIdleConnections)
+	return func() benchConn { return xnetStream(b, tr) }
+}
+
+func xnetStream(b *testing.B, tr *http2.Transport) benchConn {
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest(http.MethodConnect, "https://"+netip.MustParseAddrPort("127.0.0.1:80").String(), pr)
 	resp, err := tr.RoundTrip(req)
@@ -208,7 +220,7 @@ func cpuTime() time.Duration {
 func BenchmarkThroughput(b *testing.B) {
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) {
-			c := v.open(b, sink)
+			c := v.open(b, sink)()
 			buf := make([]byte, 128<<10)
 			b.SetBytes(int64(len(buf)))
 			b.ReportAllocs()
@@ -237,7 +249,7 @@ func BenchmarkThroughput(b *testing.B) {
 func BenchmarkRoundTrip(b *testing.B) {
 	for _, v := range variants {
 		b.Run(v.name, func(b *testing.B) {
-			c := v.open(b, echoApp)
+			c := v.open(b, echoApp)()
 			req := make([]byte, 1<<10)
 			resp := make([]byte, 1<<10)
 			b.ReportAllocs()
@@ -257,6 +269,42 @@ func BenchmarkRoundTrip(b *testing.B) {
 			if _, err := io.Copy(io.Discard, c); err != nil && !errors.Is(err, io.EOF) {
 				b.Log(err)
 			}
+		})
+	}
+}
+
+// BenchmarkRoundTrip16: 16 streams at once (like a 16-connection load test),
+// each doing 1 KiB request / 1 KiB answer round trips; ns/op is per round trip
+// across all streams.
+func BenchmarkRoundTrip16(b *testing.B) {
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			open := v.open(b, echoApp)
+			conns := make(chan benchConn, 16)
+			for range 16 {
+				conns <- open()
+			}
+			b.SetParallelism(8) // 8 x GOMAXPROCS(2) = 16 goroutines
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu0 := cpuTime()
+			b.RunParallel(func(pb *testing.PB) {
+				c := <-conns
+				req := make([]byte, 1<<10)
+				resp := make([]byte, 1<<10)
+				for pb.Next() {
+					if _, err := c.Write(req); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, err := io.ReadFull(c, resp); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 		})
 	}
 }
