@@ -52,7 +52,9 @@ type State struct {
 	// mu guards the fields below.
 	mu        sync.RWMutex
 	workloads map[string]*Workload
-	byAddr    map[NetworkAddr]*Workload
+	// byAddr maps an address to the workloads holding it, latest last: two pods may hold one
+	// address for a moment (an IP reused before the old pod's removal arrives).
+	byAddr    map[NetworkAddr][]*Workload
 	services  map[string]*Service
 	vips      map[NetworkAddr]*Service
 	hostnames map[string][]*Service
@@ -81,7 +83,7 @@ func New(cfg Config) *State {
 	}
 	s := &State{
 		cfg:       cfg,
-		workloads: map[string]*Workload{}, byAddr: map[NetworkAddr]*Workload{},
+		workloads: map[string]*Workload{}, byAddr: map[NetworkAddr][]*Workload{},
 		services: map[string]*Service{}, vips: map[NetworkAddr]*Service{}, hostnames: map[string][]*Service{},
 		endpoints: map[string][]*Workload{}, fetched: map[string]bool{},
 		policyProtos: map[string]*security.Authorization{}, policyChanged: make(chan struct{}),
@@ -162,7 +164,10 @@ func (s *State) updateAddresses(set []xds.Resource, removed []string) error {
 func (s *State) addWorkload(w *Workload) {
 	s.workloads[w.UID] = w
 	for _, a := range w.Addresses {
-		s.byAddr[NetworkAddr{Network: w.Network, Addr: a}] = w
+		k := NetworkAddr{Network: w.Network, Addr: a}
+		if !slices.Contains(s.byAddr[k], w) {
+			s.byAddr[k] = append(slices.Clone(s.byAddr[k]), w)
+		}
 	}
 	for key := range w.Services {
 		eps := s.endpoints[key]
@@ -175,8 +180,11 @@ func (s *State) removeWorkload(w *Workload) {
 	delete(s.workloads, w.UID)
 	for _, a := range w.Addresses {
 		k := NetworkAddr{Network: w.Network, Addr: a}
-		if s.byAddr[k] == w {
+		l := slices.DeleteFunc(slices.Clone(s.byAddr[k]), func(o *Workload) bool { return o == w })
+		if len(l) == 0 {
 			delete(s.byAddr, k)
+		} else {
+			s.byAddr[k] = l
 		}
 	}
 	for key := range w.Services {
@@ -306,8 +314,11 @@ func (s *State) LocalWorkload(namespace, name string) (*Workload, bool) {
 func (s *State) WorkloadByAddr(network string, ip netip.Addr) (*Workload, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	w, ok := s.byAddr[NetworkAddr{Network: network, Addr: ip.Unmap()}]
-	return w, ok
+	l := s.byAddr[NetworkAddr{Network: network, Addr: ip.Unmap()}]
+	if len(l) == 0 {
+		return nil, false
+	}
+	return l[len(l)-1], true
 }
 
 // FindWorkload returns the workload holding ip in network, asking the control plane (by the

@@ -125,6 +125,15 @@ func TestWorkloadsByAddrAndName(t *testing.T) {
 	if _, ok := s.WorkloadByAddr("", netip.MustParseAddr("10.1.0.5")); ok {
 		t.Errorf("old address still maps to a workload")
 	}
+	// A new pod gets db-1's address before db-1's removal arrives: it wins, and keeps it.
+	mustUpdate(t, s, xds.AddressType, []xds.Resource{wl("shop", "db-2", "10.1.0.6")})
+	if w, _ := s.WorkloadByAddr("", netip.MustParseAddr("10.1.0.6")); w.Name != "db-2" {
+		t.Errorf("reused address: got %s, want the newer db-2", w.Name)
+	}
+	mustUpdate(t, s, xds.AddressType, nil, uid("shop", "db-1"))
+	if w, ok := s.WorkloadByAddr("", netip.MustParseAddr("10.1.0.6")); !ok || w.Name != "db-2" {
+		t.Errorf("reused address after the old pod's removal: got %v, %v, want db-2", w, ok)
+	}
 	mustUpdate(t, s, xds.AddressType, nil, uid("shop", "web-1"), "/10.7.7.7")
 	if _, ok := s.WorkloadByAddr("", netip.MustParseAddr("10.1.0.9")); ok {
 		t.Errorf("removed workload still found")
