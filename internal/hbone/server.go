@@ -74,7 +74,7 @@ func (r *Request) Accept() (*Stream, error) {
 	if err := r.answer(); err != nil {
 		return nil, err
 	}
-	if err := r.s.writeResponse(http.StatusOK, ""); err != nil {
+	if err := r.s.writeResponse(http.StatusOK, 0); err != nil {
 		r.s.Close()
 		return nil, fmt.Errorf("accept stream: %w", err)
 	}
@@ -104,22 +104,24 @@ func (r *Request) answer() error {
 	return nil
 }
 
-// writeResponse sends response headers; with a message the status is final
-// and the body carries it.
-func (s *Stream) writeResponse(status int, msg string) error {
+// writeResponse sends response headers; with body the answer continues with
+// DATA, otherwise a non-200 status ends the stream.
+func (s *Stream) writeResponse(status int, bodyLen int) error {
 	c := s.c
+	c.mu.Lock()
+	err := s.writeErrLocked()
+	c.mu.Unlock()
+	if err != nil {
+		return err // the client gave up (RST_STREAM) or the connection is gone
+	}
 	fields := []hpack.HeaderField{{Name: ":status", Value: strconv.Itoa(status)}}
-	if msg != "" {
+	if bodyLen > 0 {
 		fields = append(fields,
 			hpack.HeaderField{Name: "content-type", Value: "text/plain; charset=utf-8"},
-			hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(msg))})
+			hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(bodyLen)})
 	}
 	c.lockWrite()
-	err := c.writeHeadersLocked(s.id, fields, status != http.StatusOK && msg == "")
-	if err == nil && msg != "" {
-		err = c.writeDataLocked(s.id, []byte(msg), true)
-	}
-	if err != nil {
+	if err := c.writeHeadersLocked(s.id, fields, status != http.StatusOK && bodyLen == 0); err != nil {
 		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return err
@@ -127,18 +129,28 @@ func (s *Stream) writeResponse(status int, msg string) error {
 	return c.unlockWrite()
 }
 
-// reject answers with an error status and finishes the stream.
+// reject answers with an error status and msg (at most 1 KiB, sent under
+// flow control) and finishes the stream.
 func (s *Stream) reject(status int, msg string) error {
-	err := s.writeResponse(status, msg)
+	if len(msg) > maxMessage {
+		msg = msg[:maxMessage]
+	}
+	err := s.writeResponse(status, len(msg))
+	if err == nil && msg != "" {
+		if _, err = s.Write([]byte(msg)); err == nil {
+			err = s.CloseWrite()
+		}
+	}
 	c := s.c
 	c.mu.Lock()
 	s.sentEnd = true
-	if !s.recvEnd && err == nil {
+	if !s.recvEnd && s.resetErr == nil && err == nil {
 		// Tell the client to stop sending (RFC 9113 section 8.1).
 		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeNo)})
 	}
 	s.closed = true
 	c.creditConnLocked(int64(s.rb.discard()))
+	s.stopTimersLocked()
 	c.removeLocked(s)
 	s.cond.Broadcast()
 	c.mu.Unlock()
