@@ -12,7 +12,7 @@
 // one. Everything else goes to the Handler as a *Request carrying the parsed
 // authority, the peer identity, the headers and the outer addresses; the
 // handler Rejects (401, 503, ... with a message) or Accepts and gets a
-// *Stream.
+// *Stream. Shutdown sends GOAWAY and drains; Close ends everything at once.
 //
 // Pool dials streams: it verifies that the server's identity is one of the
 // expected ones, reuses a connection per {source identity, destination
@@ -21,15 +21,17 @@
 // non-200 answer comes back as a *StatusError.
 //
 // A Stream is a net.Conn: Read, Write, CloseWrite (END_STREAM), Close
-// (END_STREAM or RST_STREAM) and deadlines.
+// (END_STREAM or RST_STREAM) and deadlines. A stream the peer reset fails with
+// ErrStreamReset, one whose connection died with ErrConnClosed.
 //
 // The HTTP/2 data path is written for throughput rather than generality: it
 // speaks only what CONNECT tunnels need (no request bodies beyond the tunnel,
 // no push, no priorities), advertises 1 MiB frames, a 4 MiB stream window and a
 // 16 MiB connection window, returns window credit in quarter-window batches,
 // reads DATA payloads straight into per-stream buffers that grow with the flow
-// and are pooled (an idle stream holds none), and batches TLS writes of
-// concurrent streams into one flush. It honours the peer's settings, PINGs
+// and are pooled (an idle stream holds none), and lets concurrent streams
+// share one buffered TLS write: a writer flushes only when no other writer is
+// queued behind it. It honours the peer's settings, PINGs
 // every 10 s and closes a connection whose PING is unanswered for 20 s. It
 // interoperates with golang.org/x/net/http2 in both directions.
 package hbone
