@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -253,3 +254,19 @@ func leaked() string {
 
 var errDeadline = osErrDeadline
 var osErrDeadline = os.ErrDeadlineExceeded
+
+// TestMain fails the run if any goroutine of this package outlives the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if code == 0 {
+		deadline := time.Now().Add(10 * time.Second)
+		for leaked() != "" && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond) // polling interval
+		}
+		if s := leaked(); s != "" {
+			fmt.Fprintf(os.Stderr, "leaked goroutines after all tests:\n%s\n", s)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
