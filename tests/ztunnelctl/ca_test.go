@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
@@ -28,14 +29,19 @@ var (
 )
 
 // startCA runs istiod-lite's CA over TLS. The fake API server knows one token, ztunnel's on
-// node-1, and the pods given.
-func startCA(t *testing.T, authority *ca.Authority) (*tlsServer, *fake.Clientset) {
+// node-1, and ztunnel's pod, two pods of namespace shop (web-1 on node-1, db-2 on node-2) and
+// the extra pods given.
+func startCA(t *testing.T, authority *ca.Authority, extra ...*corev1.Pod) (*tlsServer, *fake.Clientset) {
 	t.Helper()
-	client := fake.NewClientset(
+	objects := []runtime.Object{
 		pod("istio-system", "ztunnel-n1", "node-1", "10.250.0.11", "ztunnel", nil),
 		pod("shop", "web-1", "node-1", "10.244.1.5", "web", nil),
 		pod("shop", "db-2", "node-2", "10.244.2.6", "db", nil),
-	)
+	}
+	for _, p := range extra {
+		objects = append(objects, p)
+	}
+	client := fake.NewClientset(objects...)
 	client.PrependReactor("create", "tokenreviews", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		tr := action.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
 		if tr.Spec.Token != "ztunnel-token" {

@@ -1,7 +1,9 @@
-// Package ztunnelctl tests ztunnel's control-plane side (ztunnel/xds, ztunnel/state,
-// ztunnel/certs, internal/authz) against istiod-lite's real xDS server, model and CA, run in
+// Package ztunnelctl tests ztunnel against istiod-lite's real xDS server, model and CA, run in
 // process on loopback: no Kubernetes cluster, the model is fed objects directly and the CA
-// authenticates callers through a fake clientset's TokenReview reactor.
+// authenticates callers through a fake clientset's TokenReview reactor. The control-plane side
+// (ztunnel/xds, ztunnel/state, ztunnel/certs, internal/authz) is tested on its own; the data
+// plane (dataplane_test.go) runs real traffic between pods in network namespaces the test makes,
+// captured by the nftables backend and handed to ztunnel over ZDS.
 package ztunnelctl
 
 import (
