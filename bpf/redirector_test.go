@@ -107,7 +107,8 @@ func TestRedirection(t *testing.T) {
 	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
-	if got := openFds(t); got != fds {
+	// Other goroutines of the test binary may close descriptors meanwhile: only more is wrong.
+	if got := openFds(t); got > fds {
 		t.Errorf("Attach left %d file descriptors open, want 0: the kernel, not the process, must hold what it attached", got-fds)
 	}
 	t.Run("captured", func(t *testing.T) { runChecks(t, tp, captured) })

@@ -217,10 +217,13 @@ func (s *Source) remove(obj runtime.Object) error {
 // Run loads the directory, then re-loads it whenever its files change, until ctx ends.
 // Errors after the first load are logged and the last good state is kept.
 func (s *Source) Run(ctx context.Context, every time.Duration) error {
+	// Fingerprint before loading: an edit in between is then seen as a change at the next tick
+	// instead of being taken for what was loaded.
+	sum, _ := s.fingerprint()
 	if err := s.Load(); err != nil {
 		return err
 	}
-	s.sum, _ = s.fingerprint()
+	s.sum = sum
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
