@@ -134,17 +134,25 @@ check-generate: generate ## fail if the committed generated files are not what m
 # Images of Ambit's binaries and test apps, built without a Docker engine: a static Go binary
 # on an empty base, written as an archive that each test node's containerd imports.
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
-IMAGE_APPS  := pause:tests/apps/pause echo:tests/apps/echo
+# name:pkg[+pkg...]: each package's binary goes to /usr/local/bin/<its folder name>; the first
+# is the entrypoint (cni-agent carries the ambit-cni plugin, which it copies onto the node).
+IMAGE_APPS  := pause:tests/apps/pause echo:tests/apps/echo istiod-lite:istiod-lite ztunnel:ztunnel \
+	cni-agent:cni/cmd/cni-agent+cni/cmd/ambit-cni
 BUILD       := $(CACHE)/build
 
 images: ## build the image archives into .cache/images
 	@mkdir -p $(BUILD) $(IMAGES)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
 	@for app in $(IMAGE_APPS); do \
-		name=$${app%%:*}; pkg=$${app#*:}; \
-		CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BUILD)/$$name ./$$pkg; \
+		name=$${app%%:*}; pkgs=$${app#*:}; bins=""; entry=""; \
+		for pkg in $${pkgs//+/ }; do \
+			bin=$$(basename $$pkg); \
+			CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BUILD)/$$bin ./$$pkg; \
+			bins="$$bins -bin $(BUILD)/$$bin:/usr/local/bin/$$bin"; \
+			if [ -z "$$entry" ]; then entry=/usr/local/bin/$$bin; fi; \
+		done; \
 		$(BUILD)/mkimage -o $(IMAGES)/$$name.tar.tmp -ref ambit.local/$$name:dev -version $(VERSION) \
-			-bin $(BUILD)/$$name:/usr/local/bin/$$name; \
+			-entrypoint $$entry $$bins; \
 		mv $(IMAGES)/$$name.tar.tmp $(IMAGES)/$$name.tar; \
 	done
 	@ls -l $(IMAGES)
@@ -152,10 +160,12 @@ images: ## build the image archives into .cache/images
 # Tests. Packages that start a test cluster run one at a time (-p 1): each cluster takes most
 # of a 2-core machine while it starts.
 TEST_FLAGS ?= -timeout 30m
-E2E_DIRS    := tests/smoke tests/istiodlite
+E2E_DIRS    := tests/smoke tests/istiodlite tests/mesh
 # Fuzz targets (package:Func) that every test run exercises for FUZZ_TIME.
-FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy
-FUZZ_TIME    ?= 15s
+FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy \
+	internal/hbone:FuzzParseRequest internal/hbone:FuzzFrames internal/zds:FuzzDecode \
+	internal/authz:FuzzCompileEvaluate ztunnel/dns:FuzzHandle cni/plugin:FuzzParseConfig
+FUZZ_TIME    ?= 10s
 E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
 UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS) tests/bench,-e /$(d)$$))
 
