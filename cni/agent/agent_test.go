@@ -91,6 +91,7 @@ func (z *ztunnel) DelWorkload(_ context.Context, uid string) error {
 }
 
 func (z *ztunnel) SnapshotSent(context.Context) error { return nil }
+func (z *ztunnel) Connected(context.Context) error    { return nil }
 
 func (z *ztunnel) holds(uid string) bool {
 	z.mu.Lock()

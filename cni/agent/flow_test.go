@@ -55,6 +55,7 @@ func (z *listeningZtunnel) AddWorkload(ctx context.Context, uid string, _ *zdspb
 
 func (z *listeningZtunnel) KeepWorkload(context.Context, string) error { return nil }
 func (z *listeningZtunnel) SnapshotSent(context.Context) error         { return nil }
+func (z *listeningZtunnel) Connected(context.Context) error            { return nil }
 
 func (z *listeningZtunnel) DelWorkload(_ context.Context, uid string) error {
 	z.mu.Lock()

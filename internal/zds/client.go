@@ -17,6 +17,9 @@ import (
 // Handler is ztunnel's side of ZDS: RunClient calls it for every request from the agent,
 // one at a time, and acks the request with the error it returns.
 type Handler interface {
+	// Connected starts a connection: the agent's replay follows, ended by SnapshotSent. An
+	// error ends the connection (RunClient reconnects).
+	Connected(ctx context.Context) error
 	// AddWorkload starts proxying a pod; the handler owns netns from then on (also on error).
 	AddWorkload(ctx context.Context, uid string, info *zdspb.WorkloadInfo, netns *netns.Handle) error
 	// KeepWorkload keeps a pod ztunnel already proxies (sent during the replay after a connect).
@@ -75,6 +78,9 @@ func serveOnce(ctx context.Context, path string, h Handler) (helloSent bool, err
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 
+	if err := h.Connected(ctx); err != nil {
+		return false, fmt.Errorf("starting a ZDS connection: %w", err)
+	}
 	if err := writePacket(c, &zdspb.ZdsHello{Version: zdspb.Version_V1}, -1); err != nil {
 		return false, err
 	}

@@ -66,6 +66,11 @@ func (f *fakeZtunnel) DelWorkload(_ context.Context, uid string) error {
 	return nil
 }
 
+func (f *fakeZtunnel) Connected(context.Context) error {
+	f.record("connected")
+	return nil
+}
+
 func (f *fakeZtunnel) SnapshotSent(context.Context) error {
 	f.record("snapshot")
 	return nil
@@ -184,7 +189,7 @@ func TestReplayThenLiveUpdates(t *testing.T) {
 	zt := newFake()
 	stop := startClient(t, s.path, zt)
 	waitFor(t, "the replay", s.Connected)
-	if got, want := zt.Events(), []string{"add a ns/a", "keep k", "snapshot"}; !slices.Equal(got, want) {
+	if got, want := zt.Events(), []string{"connected", "add a ns/a", "keep k", "snapshot"}; !slices.Equal(got, want) {
 		t.Errorf("replay = %q, want %q", got, want)
 	}
 
@@ -216,7 +221,7 @@ func TestReplayThenLiveUpdates(t *testing.T) {
 	zt2 := newFake()
 	startClient(t, s.path, zt2)
 	waitFor(t, "the second replay", s.Connected)
-	if got, want := zt2.Events(), []string{"add a ns/a", "add b ns/b", "keep k", "snapshot"}; !slices.Equal(got, want) {
+	if got, want := zt2.Events(), []string{"connected", "add a ns/a", "add b ns/b", "keep k", "snapshot"}; !slices.Equal(got, want) {
 		t.Errorf("second replay = %q, want %q", got, want)
 	}
 }
@@ -237,10 +242,10 @@ func TestAddsToNewestDeletesToAll(t *testing.T) {
 	if err := s.Del(ctx, "p"); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := old.Events(), []string{"snapshot", "del p"}; !slices.Equal(got, want) {
+	if got, want := old.Events(), []string{"connected", "snapshot", "del p"}; !slices.Equal(got, want) {
 		t.Errorf("old ztunnel got %q, want %q", got, want)
 	}
-	if got, want := cur.Events(), []string{"snapshot", "add p ns/p", "del p"}; !slices.Equal(got, want) {
+	if got, want := cur.Events(), []string{"connected", "snapshot", "add p ns/p", "del p"}; !slices.Equal(got, want) {
 		t.Errorf("new ztunnel got %q, want %q", got, want)
 	}
 }
@@ -356,7 +361,7 @@ func TestClientAcksMalformedRequests(t *testing.T) {
 			t.Errorf("%s: ack error = %q, want it to contain %q", tt.name, ack.Error, tt.wantErr)
 		}
 	}
-	if got, want := zt.Events(), []string{"snapshot"}; !slices.Equal(got, want) {
+	if got, want := zt.Events(), []string{"connected", "snapshot"}; !slices.Equal(got, want) {
 		t.Errorf("handler saw %q, want %q", got, want)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/proxy"
 )
 
@@ -29,6 +30,9 @@ type Certs interface {
 }
 
 // Handler implements zds.Handler.
+var _ zds.Handler = (*Handler)(nil)
+
+// Handler turns ZDS requests into pods served by the proxy.
 type Handler struct {
 	proxy       Proxy
 	certs       Certs
