@@ -1,0 +1,64 @@
+package testutil
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNetNS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
+	}
+	self, _ := os.Readlink("/proc/self/ns/net")
+	n := NewNetNS(t, "probe")
+	if l, err := os.Readlink(n.Path); err != nil || l == self {
+		t.Fatalf("namespace %s: got %q, %v; want a namespace other than ours (%s)", n.Path, l, err, self)
+	}
+	n.Run(t, "ip", "link", "set", "lo", "up")
+	if out := n.Run(t, "ip", "-o", "link", "show"); strings.Count(out, "\n") != 1 || !strings.Contains(out, "lo:") {
+		t.Errorf("links in a fresh namespace: got %q, want only lo", out)
+	}
+	n.Handle.Close()
+	n.Kill()
+	n.Kill()
+	if _, err := os.Stat(n.Path); err == nil {
+		t.Errorf("%s still exists after Kill", n.Path)
+	}
+}
+
+func TestWaitFor(t *testing.T) {
+	start := time.Now()
+	n := 0
+	WaitFor(t, time.Second, "the third poll", func() bool { n++; return n == 3 })
+	if n != 3 {
+		t.Errorf("polls: got %d, want 3", n)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("WaitFor took %s, want well under its timeout", d)
+	}
+}
+
+func TestCheckMain(t *testing.T) {
+	var stderr bytes.Buffer
+	if got := checkMain(func() int { return 2 }, time.Millisecond, &stderr); got != 2 {
+		t.Errorf("failing run: got code %d, want 2", got)
+	}
+	if got := checkMain(func() int { return 0 }, time.Second, &stderr); got != 0 {
+		t.Errorf("clean run: got code %d, want 0 (stderr %q)", got, stderr.String())
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	var f *os.File
+	got := checkMain(func() int {
+		go func() { <-stop }()
+		f, _ = os.Open(os.DevNull)
+		return 0
+	}, 50*time.Millisecond, &stderr)
+	defer f.Close()
+	if got != 1 || !strings.Contains(stderr.String(), "leaked 1 goroutines") || !strings.Contains(stderr.String(), "leaked 1 file descriptors") {
+		t.Errorf("leaky run: got code %d, stderr %q; want 1 and both leaks reported", got, stderr.String())
+	}
+}
