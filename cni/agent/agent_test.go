@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +22,7 @@ import (
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/zds"
 )
 
@@ -102,13 +102,7 @@ func (z *ztunnel) holds(uid string) bool {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 15*time.Second, what, cond)
 }
 
 // holdNetns starts a process in a fresh netns and returns the namespace's path.
@@ -117,18 +111,7 @@ func holdNetns(t *testing.T) string {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
 	}
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	self, _ := os.Readlink("/proc/self/ns/net")
-	waitFor(t, "the namespace holder", func() bool {
-		l, err := os.Readlink(path)
-		return err == nil && l != self
-	})
-	return path
+	return testutil.NewNetNS(t, "pod").Path
 }
 
 // fakeProc makes a /proc with one process of the pod uid whose netns is nsPath.

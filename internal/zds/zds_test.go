@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +17,7 @@ import (
 
 	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // fakeZtunnel is a Handler that records what it is told.
@@ -85,13 +84,7 @@ func (f *fakeZtunnel) Events() []string {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // newNetnsFile opens a fresh network namespace held by a sleeping process.
@@ -100,17 +93,7 @@ func newNetnsFile(t *testing.T) (*os.File, uint64) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
 	}
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	self, _ := os.Readlink("/proc/self/ns/net")
-	waitFor(t, "the namespace holder", func() bool {
-		l, err := os.Readlink(path)
-		return err == nil && l != self
-	})
+	path := testutil.NewNetNS(t, "pod").Path
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
