@@ -1,45 +1,26 @@
-package netns
+package netns_test
+
+// The tests are outside the package so that they can use internal/testutil, which imports it.
 
 import (
 	"context"
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
-// newNetNS starts a process in a fresh network namespace and returns a Handle to it.
-func newNetNS(t *testing.T) *Handle {
+// newNetNS makes a fresh network namespace and returns a Handle to it.
+func newNetNS(t *testing.T) *netns.Handle {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
 	}
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting namespace holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	// unshare switches namespace right after it starts: wait until the link differs from ours.
-	self, _ := os.Readlink("/proc/self/ns/net")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if l, err := os.Readlink(path); err == nil && l != self {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("namespace holder never entered its own network namespace")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
+	return testutil.NewNetNS(t, "test").Handle
 }
 
 func TestListenAndDialStayInNamespace(t *testing.T) {

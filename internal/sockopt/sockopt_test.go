@@ -6,12 +6,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,28 +21,8 @@ func newNetns(t *testing.T) (*netns.Handle, string) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
 	}
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting namespace holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	self, _ := os.Readlink("/proc/self/ns/net")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if l, err := os.Readlink(path); err == nil && l != self {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("namespace holder never entered its own network namespace")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
+	n := testutil.NewNetNS(t, "test")
+	h, path := n.Handle, n.Path
 	nsexec(t, path, "", "ip", "link", "set", "lo", "up")
 	return h, path
 }
