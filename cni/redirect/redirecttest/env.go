@@ -6,13 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Addresses of the test topology: the pod and its peer share a /24 over a veth pair; the
@@ -35,32 +35,11 @@ type ns struct {
 
 var seq atomic.Int64
 
-// newNS starts `unshare --net sleep infinity` and waits until it sits in its own namespace.
+// newNS makes a network namespace that the test removes when it ends.
 func newNS(t testing.TB) *ns {
 	t.Helper()
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting namespace holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	self, _ := os.Readlink("/proc/self/ns/net")
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if l, err := os.Readlink(path); err == nil && l != self {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("namespace holder never entered its own network namespace")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return &ns{path: path, h: h}
+	n := testutil.NewNetNS(t, "redirecttest")
+	return &ns{path: n.Path, h: n.Handle}
 }
 
 // run runs a command inside the namespace and returns its combined output.
