@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestNetNS(t *testing.T) {
@@ -26,6 +28,21 @@ func TestNetNS(t *testing.T) {
 	n.Kill()
 	if _, err := os.Stat(n.Path); err == nil {
 		t.Errorf("%s still exists after Kill", n.Path)
+	}
+}
+
+func TestPrivateBPFFS(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: mounting a bpffs needs root (CI runs as root)")
+	}
+	dir := PrivateBPFFS(t)
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.BPF_FS_MAGIC {
+		t.Fatalf("statfs %s: type %#x, %v; want a bpffs", dir, st.Type, err)
+	}
+	_, inner, _ := strings.Cut(strings.TrimPrefix(dir, "/proc/"), "/root")
+	if err := unix.Statfs(inner, &st); err != nil || st.Type == unix.BPF_FS_MAGIC {
+		t.Errorf("statfs %s in our own mount namespace: type %#x, %v; want the plain directory", inner, st.Type, err)
 	}
 }
 
