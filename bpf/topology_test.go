@@ -11,17 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/sockopt"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // Addresses of the test topology: a pod netns and a peer netns joined by a veth pair. The peer
@@ -44,15 +42,14 @@ type topo struct {
 	podPath, peerPath string
 }
 
-// holders are the namespace holder processes, by namespace path.
+// holders are the test namespaces, by path.
 var holders sync.Map
 
 // killHolder ends the process holding the namespace at path, so the namespace dies.
 func killHolder(t testing.TB, path string) {
 	t.Helper()
-	if cmd, ok := holders.Load(path); ok {
-		cmd.(*exec.Cmd).Process.Kill()
-		cmd.(*exec.Cmd).Wait()
+	if n, ok := holders.Load(path); ok {
+		n.(*testutil.NetNS).Kill()
 	}
 }
 
@@ -64,25 +61,7 @@ func pinDir(t testing.TB) string {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to mount a bpffs and load eBPF (CI runs as root)")
 	}
-	dir := t.TempDir()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t bpf bpf "$1" && exec sleep infinity`, "sh", dir)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting bpffs holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := fmt.Sprintf("/proc/%d/root%s", cmd.Process.Pid, dir)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var st unix.Statfs_t
-		if unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
-			return filepath.Join(path, "ambit")
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the private bpffs never appeared")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return filepath.Join(testutil.PrivateBPFFS(t), "ambit")
 }
 
 // newNetNS starts a process holding a fresh network namespace and returns a path to it.
@@ -91,30 +70,9 @@ func newNetNS(t testing.TB) (*netns.Handle, string) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: needs root to create network namespaces and load eBPF (CI runs as root)")
 	}
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting namespace holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := "/proc/" + strconv.Itoa(cmd.Process.Pid) + "/ns/net"
-	holders.Store(path, cmd)
-	self, _ := os.Readlink("/proc/self/ns/net")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if l, err := os.Readlink(path); err == nil && l != self {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("namespace holder never entered its own network namespace")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	h, err := netns.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h, path
+	n := testutil.NewNetNS(t, "test")
+	holders.Store(n.Path, n)
+	return n.Handle, n.Path
 }
 
 // run runs a command inside h (a child forked from a thread in the namespace stays in it).

@@ -14,13 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ambit-mesh/ambit/bpf"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/cni/redirect/redirecttest"
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/sockopt"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestEBPFContract(t *testing.T) {
@@ -67,25 +66,7 @@ func (l *leftoverCheck) Unenroll(ctx context.Context, p redirect.Pod) error {
 // the pins vanish with the test.
 func privateBPFFS(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
-		`mount -t bpf bpf "$1" && exec sleep infinity`, "sh", dir)
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting bpffs holder: %v", err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	path := fmt.Sprintf("/proc/%d/root%s", cmd.Process.Pid, dir)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var st unix.Statfs_t
-		if unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC {
-			return filepath.Join(path, "ambit")
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the private bpffs never appeared")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	return filepath.Join(testutil.PrivateBPFFS(t), "ambit")
 }
 
 // BenchmarkConnections measures new TCP connections per second (connect, accept, close)
