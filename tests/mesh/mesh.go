@@ -38,6 +38,7 @@ type Mesh struct {
 	IstiodIP string
 	// manifests are the rendered charts in install order.
 	manifests []string
+	cni       int // index of the cni chart in manifests
 	c         *cluster.Cluster
 }
 
@@ -84,9 +85,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Mesh, erro
 	}
 	m.IstiodIP = svc.Spec.ClusterIP
 
-	cniValues := image("cni-agent")
-	cniValues["backend"] = opts.Backend
-	if err := m.apply(ctx, charts.CNI, cniValues); err != nil {
+	if err := m.apply(ctx, charts.CNI, cniValues(opts.Backend)); err != nil {
 		return m, err
 	}
 	// The test cluster has no DNS: ztunnel reaches istiod-lite by its ClusterIP and still
@@ -105,10 +104,37 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Mesh, erro
 	return m, nil
 }
 
+func cniValues(backend string) map[string]any {
+	v := image("cni-agent")
+	v["backend"] = backend
+	return v
+}
+
+// SetBackend switches the cni agents to another redirection backend, as `helm upgrade` of the
+// cni chart would, and returns once the new agents are Ready. Pods enrolled before keep the
+// old backend's redirection until they end.
+func (m *Mesh) SetBackend(ctx context.Context, backend string, timeout time.Duration) error {
+	doc, err := render(charts.CNI, cniValues(backend))
+	if err != nil {
+		return err
+	}
+	if err := m.c.Apply(ctx, Namespace, doc); err != nil {
+		return fmt.Errorf("applying chart %s: %w", charts.CNI, err)
+	}
+	m.manifests[m.cni] = doc
+	if _, err := m.c.WaitForDaemonSet(ctx, Namespace, "istio-cni-node", timeout); err != nil {
+		return fmt.Errorf("DaemonSet istio-cni-node not ready with backend %s: %w%s", backend, err, Diagnose(ctx, m.c, "k8s-app=istio-cni-node"))
+	}
+	return nil
+}
+
 func (m *Mesh) apply(ctx context.Context, chart string, values map[string]any) error {
 	doc, err := render(chart, values)
 	if err != nil {
 		return err
+	}
+	if chart == charts.CNI {
+		m.cni = len(m.manifests)
 	}
 	m.manifests = append(m.manifests, doc)
 	if err := m.c.Apply(ctx, Namespace, doc); err != nil {

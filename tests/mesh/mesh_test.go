@@ -88,21 +88,16 @@ spec:
     - source: {principals: [cluster.local/ns/%s/sa/client]}
 `
 
-// TestAmbient installs the mesh with each redirection backend in turn, checks the L4 data
-// path end to end, then uninstalls it.
+// TestAmbient installs the mesh, checks the L4 data path end to end with each redirection
+// backend (switching the cni agents from one to the other as an upgrade would), then
+// uninstalls it.
 func TestAmbient(t *testing.T) {
 	cluster.Require(t, c)
-	for _, backend := range []string{"nftables", "ebpf"} {
-		t.Run(backend, func(t *testing.T) { testAmbient(t, backend) })
-	}
-}
-
-func testAmbient(t *testing.T, backend string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	start := time.Now()
-
-	mesh, err := Install(ctx, c, Options{Backend: backend})
+	backends := []string{"nftables", "ebpf"}
+	mesh, err := Install(ctx, c, Options{Backend: backends[0]})
 	t.Cleanup(func() {
 		// A failed test still leaves a clean cluster for the leak check.
 		if mesh != nil {
@@ -113,6 +108,32 @@ func testAmbient(t *testing.T, backend string) {
 		t.Fatalf("installing the mesh: %v", err)
 	}
 	t.Logf("mesh installed in %v: istiod at %s", time.Since(start).Round(time.Millisecond), mesh.IstiodIP)
+
+	for i, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			if i > 0 {
+				if err := mesh.SetBackend(ctx, backend, 2*time.Minute); err != nil {
+					t.Fatal(err)
+				}
+			}
+			checkBackend(ctx, t, backend)
+			checkDataPath(ctx, t)
+		})
+	}
+
+	t.Run("uninstall removes everything", func(t *testing.T) {
+		m := mesh
+		mesh = nil
+		if err := m.Uninstall(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkUninstalled(ctx, t)
+	})
+}
+
+// checkBackend checks that every cni agent says it runs backend.
+func checkBackend(ctx context.Context, t *testing.T, backend string) {
+	t.Helper()
 	agents, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=istio-cni-node"})
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +147,11 @@ func testAmbient(t *testing.T, backend string) {
 			t.Fatalf("cni agent %s on %s does not say it runs the %s backend:\n%s", a.Name, a.Spec.NodeName, backend, logs)
 		}
 	}
+}
 
+// checkDataPath enrols a server on node-2 and a client on node-1 in a new ambient namespace
+// and checks their traffic and an L4 policy.
+func checkDataPath(ctx context.Context, t *testing.T) {
 	serverNode, clientNode := c.Nodes[1].Name, c.Nodes[0].Name
 	ns := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
 	if err := c.Apply(ctx, ns, fmt.Sprintf(workloads, serverNode, clientNode)); err != nil {
@@ -178,9 +203,9 @@ func testAmbient(t *testing.T, backend string) {
 			t.Errorf("%d TCP frames from %s to %s:8080 crossed the fabric; want all traffic tunnelled on 15008", n, clientIP, serverIP)
 		}
 
-		// Both ztunnels count the connection with both identities.
+		// Both ztunnels count the connections with both identities, as mutual TLS.
 		for _, node := range []string{clientNode, serverNode} {
-			line, err := waitMetric(ctx, node, "istio_tcp_connections_opened_total", clientID, serverID)
+			line, err := waitMetric(ctx, node, "istio_tcp_connections_opened_total", clientID, serverID, `connection_security_policy="mutual_tls"`)
 			if err != nil {
 				t.Errorf("ztunnel on %s: %v%s", node, err, Diagnose(ctx, c, "app=ztunnel"))
 				continue
@@ -192,7 +217,7 @@ func testAmbient(t *testing.T, backend string) {
 		return
 	}
 
-	ok = t.Run("L4 DENY policy refuses the client", func(t *testing.T) {
+	t.Run("L4 DENY policy refuses the client", func(t *testing.T) {
 		policy := fmt.Sprintf(denyClient, ns)
 		if err := c.Apply(ctx, ns, policy); err != nil {
 			t.Fatal(err)
@@ -217,21 +242,6 @@ func testAmbient(t *testing.T, backend string) {
 		if err != nil {
 			t.Fatalf("%v; last answer %+v", err, last)
 		}
-	})
-	if !ok {
-		return
-	}
-
-	t.Run("uninstall removes everything", func(t *testing.T) {
-		if err := c.Delete(ctx, ns, fmt.Sprintf(workloads, serverNode, clientNode)); err != nil {
-			t.Fatal(err)
-		}
-		m := mesh
-		mesh = nil
-		if err := m.Uninstall(ctx); err != nil {
-			t.Fatal(err)
-		}
-		checkUninstalled(ctx, t)
 	})
 }
 
@@ -352,6 +362,23 @@ func checkUninstalled(ctx context.Context, t *testing.T) {
 		}
 		if strings.Contains(string(out), "ambit-cni") {
 			t.Errorf("%s still has ambit-cni in its CNI config or bin dir after uninstall:\n%s", n.Name, out)
+		}
+		// The agent's one host rule (kubelet probes SNATed to 169.254.7.127) goes with it.
+		cmd, err = c.NodeCommand(n.Name, "nft", "list", "ruleset")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err = cmd.CombinedOutput(); err != nil {
+			t.Fatalf("listing %s's nftables ruleset: %v: %s", n.Name, err, out)
+		}
+		if strings.Contains(string(out), "169.254.7.127") {
+			var lines []string
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, "table ") || strings.Contains(l, "169.254.7.127") {
+					lines = append(lines, l)
+				}
+			}
+			t.Errorf("%s still has the probe SNAT rule after uninstall:\n%s", n.Name, strings.Join(lines, "\n"))
 		}
 	}
 	// A new pod on each node must start: a CNI chain still calling the gone agent would fail it.
