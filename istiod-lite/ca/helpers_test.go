@@ -11,10 +11,11 @@ import (
 	"encoding/pem"
 	"net"
 	"net/url"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // testTimeout bounds every wait in this package's tests.
@@ -23,31 +24,7 @@ const testTimeout = 30 * time.Second
 // waitFor polls cond until it holds or testTimeout passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", testTimeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// checkGoroutines fails the test if it leaves more goroutines running than it found. Call it
-// first, so that its cleanup runs after every other.
-func checkGoroutines(t *testing.T) {
-	t.Helper()
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(testTimeout)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d, want at most %d (leaked):\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
+	testutil.WaitFor(t, testTimeout, what, cond)
 }
 
 func newP256(t testing.TB) *ecdsa.PrivateKey {

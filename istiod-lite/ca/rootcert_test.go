@@ -10,6 +10,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func namespace(name string) *corev1.Namespace {
@@ -24,7 +26,7 @@ func TestPublishRoot(t *testing.T) {
 }
 
 func testPublishRoot(t *testing.T, shared bool) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	const root = "-----BEGIN CERTIFICATE-----\nroot\n-----END CERTIFICATE-----\n"
 	terminating := namespace("leaving")
 	terminating.Status.Phase = corev1.NamespaceTerminating
@@ -125,7 +127,7 @@ func testPublishRoot(t *testing.T, shared bool) {
 }
 
 func TestPublishRootCancelledBeforeSync(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	client := fake.NewClientset()
 	// A shared informer nobody starts never syncs; cancellation must still end PublishRoot.
 	ns := informers.NewSharedInformerFactory(client, 0).Core().V1().Namespaces().Informer()

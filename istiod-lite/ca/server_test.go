@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	pb "github.com/ambit-mesh/ambit/api/ca"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // The cluster of the decision tests: ztunnels on node-1 and node-2, workloads around them.
@@ -245,7 +246,7 @@ func TestNewRefusesBadConfig(t *testing.T) {
 // A pod scheduled after start-up becomes visible through the informer, and its end revokes
 // the node agent's right to its identity.
 func TestImpersonationFollowsPods(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	s, client, _ := newTestServer(t, Config{})
 	ctx := context.Background()
 	const id = "spiffe://cluster.local/ns/late/sa/worker"
@@ -313,7 +314,7 @@ func TestAuditLog(t *testing.T) {
 
 // TestGRPC runs the service over a real gRPC connection on loopback, the way ztunnel calls it.
 func TestGRPC(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	s, _, authority := newTestServer(t, Config{})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

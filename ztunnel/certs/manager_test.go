@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -28,6 +27,7 @@ import (
 
 	pb "github.com/ambit-mesh/ambit/api/ca"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const testTimeout = 20 * time.Second
@@ -135,26 +135,11 @@ func (f *fakeCA) snapshot() []request {
 	return append([]request(nil), f.requests...)
 }
 
-func checkGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(testTimeout)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d, want at most %d:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
 // run starts the fake CA and a running Manager configured by cfg (Address, Plaintext, TokenFile
 // and Own are filled in).
 func run(t *testing.T, ca *fakeCA, cfg Config) *Manager {
 	t.Helper()
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -195,15 +180,10 @@ func get(t *testing.T, m *Manager, id identity.Identity) *x509.Certificate {
 	return c.Leaf
 }
 
+// waitFor polls cond until it holds or testTimeout passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, testTimeout, what, cond)
 }
 
 func TestFetchOwnAndImpersonated(t *testing.T) {

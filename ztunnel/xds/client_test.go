@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const testTimeout = 20 * time.Second
@@ -184,25 +184,10 @@ type env struct {
 	token  string // path
 }
 
-func checkGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(testTimeout)
-		for runtime.NumGoroutine() > before {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines: got %d, want at most %d:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
 // start runs a fake server (TLS when tlsOn) and a Client against it.
 func start(t *testing.T, tlsOn bool) *env {
 	t.Helper()
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	dir := t.TempDir()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -318,15 +303,10 @@ func initial(t *testing.T, s *fakeStream) map[string]*discovery.DeltaDiscoveryRe
 	return out
 }
 
+// waitFor polls cond until it holds or testTimeout passes.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.WaitFor(t, testTimeout, what, cond)
 }
 
 func TestSubscribeOverTLSWithNodeAndToken(t *testing.T) {
