@@ -17,6 +17,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/istiod-lite/ca"
 	"github.com/ambit-mesh/ambit/ztunnel/certs"
 )
@@ -98,7 +99,7 @@ func startManager(t *testing.T, s *tlsServer, cfg certs.Config) *certs.Manager {
 // own, a local pod's by impersonation, a refusal for an identity with no pod on the node, a
 // retry that succeeds once the pod appears, and a refresh at half of a short lifetime.
 func TestCertificatesFromIstiodLiteCA(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	authority, err := ca.NewSelfSigned("cluster.local")
 	must(t, err)
 	s, client := startCA(t, authority)

@@ -33,6 +33,7 @@ import (
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/internal/zds"
 	"github.com/ambit-mesh/ambit/istiod-lite/ca"
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
@@ -64,7 +65,7 @@ var (
 // dataplane is one running mesh for the test.
 type dataplane struct {
 	idx                      *model.Index
-	client, server, outsider *testNS
+	client, server, outsider *testutil.NetNS
 	sniff                    *sniffer
 	metrics                  *metrics.Metrics
 	proxy                    *proxy.Proxy
@@ -168,14 +169,14 @@ func startDataplane(t *testing.T) *dataplane {
 	must(t, err)
 	waitFor(t, "ztunnel connected over ZDS", zsrv.Connected)
 	for _, p := range []struct {
-		ns  *testNS
+		ns  *testutil.NetNS
 		pod *corev1.Pod
 	}{{d.client, clientPod}, {d.server, serverPod}} {
-		rp := redirect.Pod{UID: string(p.pod.UID), Namespace: p.pod.Namespace, Name: p.pod.Name, Netns: p.ns.path,
+		rp := redirect.Pod{UID: string(p.pod.UID), Namespace: p.pod.Namespace, Name: p.pod.Name, Netns: p.ns.Path,
 			IPs: []netip.Addr{ip(p.pod.Status.PodIP)}}
 		must(t, nft.Enroll(ctx, rp))
 		t.Cleanup(func() { nft.Unenroll(context.Background(), rp) })
-		f, err := os.Open(p.ns.path)
+		f, err := os.Open(p.ns.Path)
 		must(t, err)
 		must(t, zsrv.Add(ctx, zds.Workload{UID: rp.UID, Netns: f, Info: &zdspb.WorkloadInfo{
 			Name: p.pod.Name, Namespace: p.pod.Namespace, ServiceAccount: p.pod.Spec.ServiceAccountName}}))
@@ -323,7 +324,7 @@ func TestDataplane(t *testing.T) {
 	t.Run("bad input on 15008 is refused and ztunnel keeps serving", func(t *testing.T) {
 		hbone := serverIP + ":15008"
 		// Garbage instead of a TLS handshake.
-		c, err := d.outsider.h.DialContext(ctx, "tcp4", hbone)
+		c, err := d.outsider.Handle.DialContext(ctx, "tcp4", hbone)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,7 +336,7 @@ func TestDataplane(t *testing.T) {
 		c.Close()
 		// A client certificate from another trust domain.
 		foreign := foreignCert(t)
-		tc, err := d.outsider.h.DialContext(ctx, "tcp4", hbone)
+		tc, err := d.outsider.Handle.DialContext(ctx, "tcp4", hbone)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -352,7 +353,7 @@ func TestDataplane(t *testing.T) {
 		conn.Close()
 		// A silent client that never starts its handshake does not block others, and is dropped
 		// after the handshake timeout (1 s here).
-		silent, err := d.outsider.h.DialContext(ctx, "tcp4", hbone)
+		silent, err := d.outsider.Handle.DialContext(ctx, "tcp4", hbone)
 		if err != nil {
 			t.Fatal(err)
 		}

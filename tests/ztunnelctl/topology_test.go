@@ -6,87 +6,44 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
-// testNS is a network namespace held by an `unshare --net sleep infinity` process.
-type testNS struct {
-	name string
-	cmd  *exec.Cmd
-	path string
-	h    *netns.Handle
-}
-
-// newTestNS makes a network namespace that the test removes when it ends.
-func newTestNS(t *testing.T, name string) *testNS {
+// newTestNS makes a network namespace, with lo up, that the test removes when it ends.
+func newTestNS(t *testing.T, name string) *testutil.NetNS {
 	t.Helper()
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting the %s namespace holder (unshare from util-linux): %v", name, err)
-	}
-	n := &testNS{name: name, cmd: cmd, path: fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)}
-	t.Cleanup(func() {
-		if n.h != nil {
-			n.h.Close()
-		}
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	var self unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
-		t.Fatal(err)
-	}
-	// unshare switches namespaces after exec: wait until the process sits in its own.
-	waitFor(t, name+" namespace", func() bool {
-		var st unix.Stat_t
-		return unix.Stat(n.path, &st) == nil && st.Ino != self.Ino
-	})
-	var err error
-	if n.h, err = netns.Open(n.path); err != nil {
-		t.Fatal(err)
-	}
-	n.run(t, "ip", "link", "set", "lo", "up")
+	n := testutil.NewNetNS(t, name)
+	n.Run(t, "ip", "link", "set", "lo", "up")
 	return n
-}
-
-// run runs a command inside the namespace.
-func (n *testNS) run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("nsenter", append([]string{"--net=" + n.path}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("in %s: %s: %v\n%s", n.name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
 }
 
 // lan is a bridge in its own namespace with hosts attached, like the pods of one node.
 type lan struct {
-	sw *testNS
+	sw *testutil.NetNS
 }
 
 func newLAN(t *testing.T) *lan {
 	sw := newTestNS(t, "switch")
-	sw.run(t, "ip", "link", "add", "br0", "type", "bridge")
-	sw.run(t, "ip", "link", "set", "br0", "up")
+	sw.Run(t, "ip", "link", "add", "br0", "type", "bridge")
+	sw.Run(t, "ip", "link", "set", "br0", "up")
 	return &lan{sw: sw}
 }
 
 // attach plugs a host into the bridge with address cidr on its eth0, and routes the service
 // range through it.
-func (l *lan) attach(t *testing.T, h *testNS, port, cidr string) {
+func (l *lan) attach(t *testing.T, h *testutil.NetNS, port, cidr string) {
 	t.Helper()
-	l.sw.run(t, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", fmt.Sprint(h.cmd.Process.Pid))
-	l.sw.run(t, "ip", "link", "set", port, "master", "br0", "up")
-	h.run(t, "ip", "addr", "add", cidr, "dev", "eth0")
-	h.run(t, "ip", "link", "set", "eth0", "up")
-	h.run(t, "ip", "route", "add", "10.96.0.0/16", "dev", "eth0")
+	l.sw.Run(t, "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", fmt.Sprint(h.PID))
+	l.sw.Run(t, "ip", "link", "set", port, "master", "br0", "up")
+	h.Run(t, "ip", "addr", "add", cidr, "dev", "eth0")
+	h.Run(t, "ip", "link", "set", "eth0", "up")
+	h.Run(t, "ip", "route", "add", "10.96.0.0/16", "dev", "eth0")
 }
 
 // sniffer records every frame crossing the bridge.
@@ -104,7 +61,7 @@ type sniffer struct {
 func (l *lan) sniff(t *testing.T) *sniffer {
 	t.Helper()
 	s := &sniffer{ports: map[uint16]int{}, done: make(chan struct{})}
-	err := l.sw.h.Do(func() error {
+	err := l.sw.Handle.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
 			return err
@@ -177,16 +134,16 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // echoApp serves on 0.0.0.0:port inside h: it first writes the client address it saw, then
 // echoes every line.
-func echoApp(t *testing.T, h *testNS, port int) {
+func echoApp(t *testing.T, h *testutil.NetNS, port int) {
 	t.Helper()
 	var ln net.Listener
-	err := h.h.Do(func() error {
+	err := h.Handle.Do(func() error {
 		var err error
 		ln, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
 		return err
 	})
 	if err != nil {
-		t.Fatalf("echo app in %s: %v", h.name, err)
+		t.Fatalf("echo app in %s: %v", h.Name, err)
 	}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
@@ -222,8 +179,8 @@ type appConn struct {
 	from string
 }
 
-func dialApp(ctx context.Context, h *testNS, addr string) (*appConn, error) {
-	c, err := h.h.DialContext(ctx, "tcp4", addr)
+func dialApp(ctx context.Context, h *testutil.NetNS, addr string) (*appConn, error) {
+	c, err := h.Handle.DialContext(ctx, "tcp4", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/internal/authz"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/istiod-lite/ca"
 	"github.com/ambit-mesh/ambit/istiod-lite/model"
 	ixds "github.com/ambit-mesh/ambit/istiod-lite/xds"
@@ -113,7 +114,7 @@ func ip(s string) netip.Addr { return netip.MustParseAddr(s) }
 // server, store and model: the node-scoped wildcard set, on-demand lookups, removals, a
 // reconnect with versions, and policy changes.
 func TestZtunnelAgainstIstiodLite(t *testing.T) {
-	checkGoroutines(t)
+	testutil.CheckGoroutines(t, testTimeout)
 	authority, err := ca.NewSelfSigned("cluster.local")
 	must(t, err)
 	st := store.NewStore()
