@@ -27,6 +27,21 @@ func CheckGoroutines(t testing.TB, timeout time.Duration) {
 	})
 }
 
+// WaitGoroutines fails the test now (t.Fatalf, with every goroutine's stack) unless, within
+// timeout, at most before goroutines run: for a check at a point of the test, such as after a
+// component's Stop, where CheckGoroutines would check only at the end.
+func WaitGoroutines(t testing.TB, before int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines: got %d, want <= %d\n%s", runtime.NumGoroutine(), before, stacks())
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond) // yield between polls: goroutines that are ending need a moment to run
+	}
+}
+
 // CheckMain runs the package's tests and returns the exit code for TestMain to pass to
 // os.Exit: m.Run's code, or 1 if the tests passed but, grace after they ended, more goroutines
 // or file descriptors are open than before they started. It reports leaks on stderr.

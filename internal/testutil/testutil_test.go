@@ -3,6 +3,7 @@ package testutil
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,18 @@ func TestWaitFor(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("WaitFor took %s, want well under its timeout", d)
+	}
+}
+
+func TestWaitGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	done := make(chan struct{})
+	go func() { time.Sleep(20 * time.Millisecond); close(done) }()
+	WaitGoroutines(t, before, 10*time.Second)
+	select {
+	case <-done:
+	default:
+		t.Errorf("WaitGoroutines returned while a goroutine above the count still ran")
 	}
 }
 
