@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 const testTimeout = 10 * time.Second
@@ -177,7 +179,7 @@ func TestStartStop(t *testing.T) {
 		t.Errorf("AdminAddr after Stop: got %v, want nil", s.AdminAddr())
 	}
 	http.DefaultClient.CloseIdleConnections()
-	checkGoroutines(t, before)
+	testutil.WaitGoroutines(t, before, testTimeout)
 
 	// A stopped server starts again.
 	if err := s.Start(ctx); err != nil {
@@ -307,18 +309,5 @@ func TestRun(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("Run: got %v, want nil", err)
-	}
-}
-
-// checkGoroutines fails t if the goroutine count does not come back to before.
-func checkGoroutines(t *testing.T, before int) {
-	t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for runtime.NumGoroutine() > before {
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			t.Fatalf("goroutines: got %d, want <= %d\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
-		}
-		time.Sleep(time.Millisecond) // yield between polls
 	}
 }

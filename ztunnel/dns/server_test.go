@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 var hosts = map[string][]netip.Addr{
@@ -424,7 +426,7 @@ func TestServeStops(t *testing.T) {
 	}
 	c.Close()
 	u.Close()
-	checkGoroutines(t, before+2) // the fake upstream's two goroutines run until cleanup
+	testutil.WaitGoroutines(t, before+2, testTimeout) // the fake upstream's two goroutines run until cleanup
 }
 
 func TestNew(t *testing.T) {
