@@ -16,6 +16,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/ambit-mesh/ambit/tests/cluster"
 	"github.com/ambit-mesh/ambit/tests/smoke"
@@ -117,7 +118,9 @@ func TestAmbient(t *testing.T) {
 				}
 			}
 			checkBackend(ctx, t, backend)
-			checkDataPath(ctx, t)
+			// Both ways into the mesh: running pods enrolled when their namespace is
+			// labelled (agent informers), and new pods enrolled during CNI ADD.
+			checkDataPath(ctx, t, i == 0)
 		})
 	}
 
@@ -149,13 +152,32 @@ func checkBackend(ctx context.Context, t *testing.T, backend string) {
 	}
 }
 
-// checkDataPath enrols a server on node-2 and a client on node-1 in a new ambient namespace
-// and checks their traffic and an L4 policy.
-func checkDataPath(ctx context.Context, t *testing.T) {
+// checkDataPath enrols a server on node-2 and a client on node-1 in an ambient namespace
+// and checks their traffic and an L4 policy. With labelLater the pods start outside the mesh
+// and the namespace is labelled once they run; otherwise they start in an ambient namespace.
+func checkDataPath(ctx context.Context, t *testing.T, labelLater bool) {
 	serverNode, clientNode := c.Nodes[1].Name, c.Nodes[0].Name
-	ns := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
+	ambient := map[string]string{"istio.io/dataplane-mode": "ambient"}
+	var ns string
+	if labelLater {
+		ns = c.Namespace(t, nil)
+	} else {
+		ns = c.Namespace(t, ambient)
+	}
 	if err := c.Apply(ctx, ns, fmt.Sprintf(workloads, serverNode, clientNode)); err != nil {
 		t.Fatal(err)
+	}
+	if labelLater {
+		for _, app := range []string{"server", "client"} {
+			if _, err := c.WaitForPods(ctx, ns, "app="+app, 1, 2*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		}
+		patch := `{"metadata":{"labels":{"istio.io/dataplane-mode":"ambient"}}}`
+		if _, err := c.Client.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatalf("labelling namespace %s: %v", ns, err)
+		}
+		t.Logf("namespace %s labelled istio.io/dataplane-mode=ambient with its pods running", ns)
 	}
 	server := waitEnrolled(ctx, t, ns, "server")
 	client := waitEnrolled(ctx, t, ns, "client")
