@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 type testCA struct {
@@ -210,13 +211,7 @@ func echo(r *Request) {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling interval
-	}
+	testutil.WaitFor(t, 10*time.Second, what, cond)
 }
 
 // checkNoLeaks fails if goroutines of this package outlive the test.
