@@ -3,7 +3,6 @@ package redirect_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -186,30 +185,11 @@ func benchTopology(b *testing.B) (pod, peer benchNS) {
 	if os.Geteuid() != 0 {
 		b.Skip("skipping: needs root for network namespaces (CI runs as root)")
 	}
-	mk := func() benchNS {
-		cmd := exec.Command("unshare", "--net", "sleep", "infinity")
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		path := fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)
-		self, _ := os.Readlink("/proc/self/ns/net")
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-			if l, err := os.Readlink(path); err == nil && l != self {
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatal("namespace holder never entered its own network namespace")
-			}
-		}
-		h, err := netns.Open(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { h.Close() })
-		return benchNS{path, h}
+	mk := func(name string) benchNS {
+		n := testutil.NewNetNS(b, name)
+		return benchNS{n.Path, n.Handle}
 	}
-	pod, peer = mk(), mk()
+	pod, peer = mk("pod"), mk("peer")
 	run := func(ns benchNS, args ...string) {
 		if out, err := exec.Command("nsenter", append([]string{"--net=" + ns.path}, args...)...).CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v: %s", args, err, out)
