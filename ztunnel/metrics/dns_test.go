@@ -12,31 +12,10 @@ import (
 
 var _ dns.Observer = (*DNS)(nil)
 
+// histogramCount returns the sample count of the histogram name{labels} from g, 0 if there is none.
 func histogramCount(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) uint64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				got[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if got[k] != v {
-					continue metric
-				}
-			}
-			return m.GetHistogram().GetSampleCount()
-		}
-	}
-	return 0
+	return find(t, g, name, labels).GetHistogram().GetSampleCount()
 }
 
 func TestDNS(t *testing.T) {

@@ -9,12 +9,13 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	workloadpb "github.com/ambit-mesh/ambit/api/workload"
 )
 
-// value returns the counter name{labels} from g, and whether it exists.
-func value(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
+// find returns the metric name{labels} from g, or nil if there is none.
+func find(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
 	mfs, err := g.Gather()
 	if err != nil {
@@ -35,10 +36,20 @@ func value(t *testing.T, g prometheus.Gatherer, name string, labels map[string]s
 					continue metric
 				}
 			}
-			return m.GetCounter().GetValue(), true
+			return m
 		}
 	}
-	return 0, false
+	return nil
+}
+
+// value returns the counter name{labels} from g, and whether it exists.
+func value(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
+	t.Helper()
+	m := find(t, g, name, labels)
+	if m == nil {
+		return 0, false
+	}
+	return m.GetCounter().GetValue(), true
 }
 
 var fullLabels = Labels{
