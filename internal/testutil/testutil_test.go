@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"go/build"
 	"os"
 	"runtime"
 	"strings"
@@ -90,5 +91,18 @@ func TestCheckMain(t *testing.T) {
 	defer f.Close()
 	if got != 1 || !strings.Contains(stderr.String(), "leaked 1 goroutines") || !strings.Contains(stderr.String(), "leaked 1 file descriptors") {
 		t.Errorf("leaky run: got code %d, stderr %q; want 1 and both leaks reported", got, stderr.String())
+	}
+}
+
+// Any component's tests may import testutil, so testutil imports no component.
+func TestImportsNoComponent(t *testing.T) {
+	pkg, err := build.ImportDir(".", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, imp := range pkg.Imports {
+		if rest, ok := strings.CutPrefix(imp, "github.com/ambit-mesh/ambit/"); ok && !strings.HasPrefix(rest, "internal/") && !strings.HasPrefix(rest, "api/") {
+			t.Errorf("testutil imports %s; want only internal/ and api/ packages of Ambit", imp)
+		}
 	}
 }
