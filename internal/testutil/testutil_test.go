@@ -2,6 +2,7 @@ package testutil
 
 import (
 	"bytes"
+	"fmt"
 	"go/build"
 	"os"
 	"runtime"
@@ -60,15 +61,38 @@ func TestWaitFor(t *testing.T) {
 	}
 }
 
+// fatalTB records Fatalf and ends the goroutine, as testing.T does.
+type fatalTB struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalTB) Helper() {}
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
+
 func TestWaitGoroutines(t *testing.T) {
-	before := runtime.NumGoroutine()
-	done := make(chan struct{})
-	go func() { time.Sleep(20 * time.Millisecond); close(done) }()
+	// Goroutines of earlier tests may still be ending, so the counts here only ever err low:
+	// the checks leave room for that.
+	release := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() { <-release; close(stopped) }()
+	before := runtime.NumGoroutine() - 1
+	time.AfterFunc(20*time.Millisecond, func() { close(release) })
 	WaitGoroutines(t, before, 10*time.Second)
-	select {
-	case <-done:
-	default:
-		t.Errorf("WaitGoroutines returned while a goroutine above the count still ran")
+	<-stopped
+
+	f := &fatalTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		WaitGoroutines(f, runtime.NumGoroutine()-100, 20*time.Millisecond)
+	}()
+	<-done
+	if !strings.HasPrefix(f.msg, "goroutines: got ") {
+		t.Errorf("with 100 goroutines too many: got failure %q, want \"goroutines: got ...\"", f.msg)
 	}
 }
 
@@ -84,12 +108,14 @@ func TestCheckMain(t *testing.T) {
 	defer close(stop)
 	var f *os.File
 	got := checkMain(func() int {
-		go func() { <-stop }()
+		for range 10 {
+			go func() { <-stop }()
+		}
 		f, _ = os.Open(os.DevNull)
 		return 0
 	}, 50*time.Millisecond, &stderr)
 	defer f.Close()
-	if got != 1 || !strings.Contains(stderr.String(), "leaked 1 goroutines") || !strings.Contains(stderr.String(), "leaked 1 file descriptors") {
+	if got != 1 || !strings.Contains(stderr.String(), " goroutines:\n") || !strings.Contains(stderr.String(), " file descriptors") {
 		t.Errorf("leaky run: got code %d, stderr %q; want 1 and both leaks reported", got, stderr.String())
 	}
 }
