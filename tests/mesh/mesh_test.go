@@ -124,6 +124,8 @@ func TestAmbient(t *testing.T) {
 		})
 	}
 
+	logProblems(ctx, t)
+
 	t.Run("uninstall removes everything", func(t *testing.T) {
 		m := mesh
 		mesh = nil
@@ -132,6 +134,31 @@ func TestAmbient(t *testing.T) {
 		}
 		checkUninstalled(ctx, t)
 	})
+}
+
+// logProblems logs the WARN and ERROR lines of the mesh components' logs, so that a passing
+// run still shows what its components complained about.
+func logProblems(ctx context.Context, t *testing.T) {
+	pods, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		logs, err := c.Logs(ctx, Namespace, p.Name, "")
+		if err != nil {
+			t.Logf("%v", err)
+			continue
+		}
+		var problems []string
+		for _, l := range strings.Split(logs, "\n") {
+			if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
+				problems = append(problems, l)
+			}
+		}
+		if len(problems) > 0 {
+			t.Logf("%s on %s: %d warnings and errors:\n  %s", p.Name, p.Spec.NodeName, len(problems), strings.Join(problems, "\n  "))
+		}
+	}
 }
 
 // checkBackend checks that every cni agent says it runs backend.
@@ -253,6 +280,29 @@ func checkDataPath(ctx context.Context, t *testing.T, labelLater bool) {
 			t.Fatalf("%v; last answer %+v%s", err, last, Diagnose(ctx, c, "app=ztunnel"))
 		}
 		t.Logf("refused: %s", last.FirstError)
+		// The client's ztunnel logs the destination's refusal, naming the policy.
+		zt, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel",
+			FieldSelector: "spec.nodeName=" + c.Nodes[0].Name})
+		if err != nil || len(zt.Items) != 1 {
+			t.Fatalf("finding the ztunnel on %s: %d pods, %v", c.Nodes[0].Name, len(zt.Items), err)
+		}
+		logs, err := c.Logs(ctx, Namespace, zt.Items[0].Name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := "denied by policy " + ns + "/deny-client"; !strings.Contains(logs, want) {
+			t.Errorf("ztunnel %s's log does not say %q:\n%s", zt.Items[0].Name, want, logs)
+		}
+		// istiod-lite says the policy is enforced as written (its status writer's RBAC).
+		var accepted string
+		err = c.Wait(ctx, 30*time.Second, "condition ZtunnelAccepted on deny-client", func(ctx context.Context) (bool, error) {
+			accepted, _ = c.Kubectl(ctx, "get", "authorizationpolicy", "-n", ns, "deny-client",
+				"-o", `jsonpath={.status.conditions[?(@.type=="ZtunnelAccepted")].status}`)
+			return accepted == "True", nil
+		})
+		if err != nil {
+			t.Errorf("%v: got %q; want True%s", err, accepted, Diagnose(ctx, c, "app=istiod"))
+		}
 		// Removing the policy lets the client in again.
 		if err := c.Delete(ctx, ns, policy); err != nil {
 			t.Fatal(err)
