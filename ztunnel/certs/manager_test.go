@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/url"
@@ -283,20 +284,56 @@ func TestBackoff(t *testing.T) {
 func TestBackoffCapped(t *testing.T) {
 	ca := newFakeCA(t)
 	ca.failAll = true
-	m := run(t, ca, Config{InitialBackoff: 20 * time.Millisecond, MaxBackoff: 60 * time.Millisecond})
+	// The delays the manager chose, from its log: wall-clock gaps between requests would also
+	// count the machine's load.
+	waits := &retryLog{}
+	m := run(t, ca, Config{InitialBackoff: 20 * time.Millisecond, MaxBackoff: 60 * time.Millisecond, Logger: slog.New(waits)})
 	m.Add(web)
 	waitFor(t, "8 failed fetches", func() bool { return len(ca.snapshot()) >= 8 })
-	reqs := ca.snapshot()
-	for k := 4; k < len(reqs); k++ {
-		if gap := reqs[k].at.Sub(reqs[k-1].at); gap > 60*time.Millisecond+50*time.Millisecond {
-			t.Errorf("retry %d came after %v, want at most the 60 ms cap", k, gap)
+	got := waits.values()
+	if len(got) < 7 {
+		t.Fatalf("logged %d retry delays for 8 failed fetches, want at least 7", len(got))
+	}
+	for k, w := range got {
+		if w > 60*time.Millisecond {
+			t.Errorf("retry %d waits %v, want at most the 60 ms cap", k+1, w)
 		}
+	}
+	if last := got[len(got)-1]; last < 30*time.Millisecond {
+		t.Errorf("retry %d waits %v: the backoff did not grow to the cap (jitter goes down to half of it, 30 ms)", len(got), last)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := m.Get(ctx, web); err == nil || !strings.Contains(err.Error(), "fake CA refuses") {
 		t.Errorf("Get while failing: got %v, want the deadline with the last fetch error", err)
 	}
+}
+
+// retryLog is a slog.Handler that keeps the retry_in values of the manager's log lines.
+type retryLog struct {
+	mu    sync.Mutex
+	waits []time.Duration
+}
+
+func (l *retryLog) Enabled(context.Context, slog.Level) bool { return true }
+func (l *retryLog) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *retryLog) WithGroup(string) slog.Handler            { return l }
+func (l *retryLog) Handle(_ context.Context, r slog.Record) error {
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "retry_in" {
+			l.mu.Lock()
+			l.waits = append(l.waits, a.Value.Duration())
+			l.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+func (l *retryLog) values() []time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]time.Duration(nil), l.waits...)
 }
 
 func TestRefreshAtHalfLife(t *testing.T) {
