@@ -127,12 +127,23 @@ func TestAmbient(t *testing.T) {
 	logProblems(ctx, t)
 
 	t.Run("uninstall removes everything", func(t *testing.T) {
+		// Pods still enrolled when the mesh goes must keep talking, in plaintext: their
+		// redirection goes with the mesh.
+		ns := c.Namespace(t, map[string]string{"istio.io/dataplane-mode": "ambient"})
+		if err := c.Apply(ctx, ns, fmt.Sprintf(workloads, c.Nodes[1].Name, c.Nodes[0].Name)); err != nil {
+			t.Fatal(err)
+		}
+		server := waitEnrolled(ctx, t, ns, "server")
+		waitEnrolled(ctx, t, ns, "client")
 		m := mesh
 		mesh = nil
 		if err := m.Uninstall(ctx); err != nil {
 			t.Fatal(err)
 		}
 		checkUninstalled(ctx, t)
+		if _, err := runClient(ctx, ns, fmt.Sprintf("http://%s:8080/", server.Status.PodIP), 1, ""); err != nil {
+			t.Errorf("pods enrolled before the uninstall cannot talk after it: %v", err)
+		}
 	})
 }
 
