@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -359,10 +360,13 @@ func runClient(ctx context.Context, ns, url string, count int, payload string) (
 	stdout, _, err := c.Exec(ctx, ns, "client", "", args...)
 	var s smoke.Summary
 	if jerr := decode(stdout, &s); jerr != nil {
-		return s, fmt.Errorf("echo client against %s: %w; exec: %v; output %q", url, jerr, err, stdout)
+		return s, fmt.Errorf("echo client against %s: output %q: %w", url, stdout, errors.Join(jerr, err))
 	}
-	if err != nil || s.OK != count {
-		return s, fmt.Errorf("echo client against %s: %d/%d ok, first error %q (%v)", url, s.OK, count, s.FirstError, err)
+	if err != nil {
+		return s, fmt.Errorf("echo client against %s: %d/%d ok, first error %q: %w", url, s.OK, count, s.FirstError, err)
+	}
+	if s.OK != count {
+		return s, fmt.Errorf("echo client against %s: %d/%d ok, first error %q", url, s.OK, count, s.FirstError)
 	}
 	return s, nil
 }
@@ -372,8 +376,11 @@ func runClient(ctx context.Context, ns, url string, count int, payload string) (
 func waitMetric(ctx context.Context, node, metric string, want ...string) (string, error) {
 	pods, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel",
 		FieldSelector: "spec.nodeName=" + node})
-	if err != nil || len(pods.Items) != 1 {
-		return "", fmt.Errorf("finding the ztunnel pod on %s: %d pods, %v", node, len(pods.Items), err)
+	if err != nil {
+		return "", fmt.Errorf("finding the ztunnel pod on %s: %w", node, err)
+	}
+	if len(pods.Items) != 1 {
+		return "", fmt.Errorf("finding the ztunnel pod on %s: %d pods; want 1", node, len(pods.Items))
 	}
 	url := fmt.Sprintf("http://%s:15020/metrics", pods.Items[0].Status.PodIP)
 	var found, lastErr string
