@@ -1,6 +1,8 @@
 package testutil
 
 import (
+	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -47,21 +49,27 @@ func WaitGoroutines(t testing.TB, before int, timeout time.Duration) {
 // or file descriptors are open than before they started. It reports leaks on stderr.
 //
 //	func TestMain(m *testing.M) { os.Exit(testutil.CheckMain(m, 5*time.Second)) }
+//
+// A fuzzing run (-fuzz) is not checked: the fuzzing engine keeps its own goroutines, pipes and
+// shared memory open.
 func CheckMain(m *testing.M, grace time.Duration) int {
+	if f := flag.Lookup("test.fuzz"); f != nil && f.Value.String() != "" {
+		return m.Run()
+	}
 	return checkMain(m.Run, grace, os.Stderr)
 }
 
 func checkMain(run func() int, grace time.Duration, stderr io.Writer) int {
-	goroutines, fds := runtime.NumGoroutine(), OpenFds()
+	goroutines, fds := ownGoroutines(), OpenFds()
 	code := run()
 	if code != 0 {
 		return code
 	}
 	deadline := time.Now().Add(grace)
-	for (runtime.NumGoroutine() > goroutines || OpenFds() > fds) && time.Now().Before(deadline) {
+	for (ownGoroutines() > goroutines || OpenFds() > fds) && time.Now().Before(deadline) {
 		time.Sleep(pollInterval)
 	}
-	if n := runtime.NumGoroutine(); n > goroutines {
+	if n := ownGoroutines(); n > goroutines {
 		fmt.Fprintf(stderr, "leaked %d goroutines:\n%s\n", n-goroutines, stacks())
 		code = 1
 	}
@@ -70,6 +78,12 @@ func checkMain(run func() int, grace time.Duration, stderr io.Writer) int {
 		code = 1
 	}
 	return code
+}
+
+// ownGoroutines counts the goroutines but those the standard library starts once and keeps
+// (os/signal's loop, started by the first signal.Notify of any test).
+func ownGoroutines() int {
+	return runtime.NumGoroutine() - bytes.Count(stacks(), []byte("\nos/signal.loop()"))
 }
 
 // OpenFds returns how many file descriptors this process has open.
