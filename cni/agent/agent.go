@@ -55,6 +55,9 @@ type Config struct {
 	ProbeRule bool
 	// AckTimeout bounds ztunnel's answer to one ZDS request.
 	AckTimeout time.Duration
+	// DaemonSet is the agent's own DaemonSet, "<namespace>/<name>". When the agent stops and
+	// it is gone (an uninstall), the agent removes what it installed; "" never does.
+	DaemonSet string
 }
 
 // DefaultConfig returns the defaults for a node.
@@ -161,6 +164,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	defer a.release()
+	synced := false
+	defer func() {
+		if synced {
+			a.stopped(ctx)
+		}
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer a.queue.ShutDown()
@@ -173,6 +182,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), a.synced...) {
 		return fmt.Errorf("syncing pod and namespace informers: %w", context.Cause(ctx))
 	}
+	synced = true
 	a.recover(ctx)
 
 	zln, err := zds.Listen(a.cfg.ZDSSocket)
@@ -214,6 +224,21 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	case err := <-errc:
 		return err
+	}
+}
+
+// stopped runs once everything else of Run has stopped (nothing reinstalls the plugin any
+// more): on an uninstall it removes what the agent put on the node; on a restart it leaves
+// everything for the next agent to recover.
+func (a *Agent) stopped(ctx context.Context) {
+	// The caller's context has ended: the checks get their own bounded one.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if gone, why := a.removed(ctx); gone {
+		a.log.Info("the mesh is being uninstalled; removing the agent's rules and plugin from the node", "reason", why)
+		if err := a.uninstall(ctx); err != nil {
+			a.log.Error("uninstalling from the node", "err", err)
+		}
 	}
 }
 

@@ -107,16 +107,59 @@ func installConflistEntry(confDir string, entry map[string]any) (string, bool, e
 		return path, false, nil
 	}
 	conf["plugins"] = kept
+	if err := writeConflist(path, conf); err != nil {
+		return path, false, err
+	}
+	return path, true, nil
+}
+
+// writeConflist replaces the conflist at path atomically.
+func writeConflist(path string, conf map[string]any) error {
 	out, err := json.MarshalIndent(conf, "", "  ")
 	if err != nil {
-		return path, false, fmt.Errorf("encoding %s: %w", path, err)
+		return fmt.Errorf("encoding %s: %w", path, err)
 	}
 	tmp := path + ".ambit.tmp"
 	if err := os.WriteFile(tmp, append(out, '\n'), 0o644); err != nil {
-		return path, false, fmt.Errorf("writing %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", path, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return path, false, errors.Join(fmt.Errorf("replacing %s: %w", path, err), os.Remove(tmp))
+		return errors.Join(fmt.Errorf("replacing %s: %w", path, err), os.Remove(tmp))
 	}
-	return path, true, nil
+	return nil
+}
+
+// removeConflistEntry takes the plugin out of the primary conflist; it returns the file it
+// rewrote, or "" when there was nothing to remove.
+func removeConflistEntry(confDir string) (string, error) {
+	path, err := primaryConflist(confDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	var conf map[string]any
+	if err := dec.Decode(&conf); err != nil {
+		return "", fmt.Errorf("parsing %s: %w", path, err)
+	}
+	plugins, _ := conf["plugins"].([]any)
+	var kept []any
+	for _, p := range plugins {
+		if m, ok := p.(map[string]any); ok && m["type"] == plugin.Type {
+			continue
+		}
+		kept = append(kept, p)
+	}
+	if len(kept) == len(plugins) {
+		return "", nil
+	}
+	conf["plugins"] = kept
+	return path, writeConflist(path, conf)
 }
