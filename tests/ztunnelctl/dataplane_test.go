@@ -218,6 +218,9 @@ func TestDataplane(t *testing.T) {
 		waitFor(t, "metrics of both ztunnel sides", func() bool {
 			return countOpened(t, d.metrics, "source", "mutual_tls") >= 2 && countOpened(t, d.metrics, "destination", "mutual_tls") >= 2
 		})
+		if got := openedLabel(t, d.metrics, "destination", "source_workload"); got != "client" {
+			t.Errorf("the destination side's metrics name source_workload %q, want client", got)
+		}
 		if !strings.Contains(d.log.String(), "spiffe://cluster.local/ns/front/sa/client") {
 			t.Errorf("the access log does not name the client's identity")
 		}
@@ -395,6 +398,29 @@ func countOpened(t *testing.T, m *metrics.Metrics, reporter, policy string) int 
 		}
 	}
 	return total
+}
+
+// openedLabel returns a label of the first istio_tcp_connections_opened_total series of a
+// reporter.
+func openedLabel(t *testing.T, m *metrics.Metrics, reporter, label string) string {
+	t.Helper()
+	mfs, err := m.Gatherer().Gather()
+	must(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != "istio_tcp_connections_opened_total" {
+			continue
+		}
+		for _, mt := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range mt.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["reporter"] == reporter {
+				return labels[label]
+			}
+		}
+	}
+	return ""
 }
 
 // foreignCert is a client certificate for spiffe://evil.example/ns/x/sa/y from a CA nobody trusts.

@@ -103,6 +103,12 @@ func (px *Proxy) serveInbound(p *Pod, rc *Conn, c net.Conn, r *hbone.Request) {
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, px.cfg.ConnectTimeout)
 	app, d, err := px.admit(ctx, p, rc, a)
+	if rc.SrcIdentity != nil {
+		// A mesh peer: name its workload in metrics and logs (held after the first lookup).
+		if w, werr := px.cfg.Mesh.FindWorkload(ctx, px.cfg.Network, rc.Src.Addr()); werr == nil {
+			rc.SrcWorkload = w
+		}
+	}
 	cancel()
 	rec := px.cfg.Recorder.Open(rc)
 	if err != nil {
