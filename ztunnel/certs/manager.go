@@ -12,9 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
-	"net"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -22,13 +20,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	pb "github.com/ambit-mesh/ambit/api/ca"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
 
 // ImpersonatedIdentityKey is the request metadata field naming the identity ztunnel asks for
@@ -90,27 +87,11 @@ func (c Config) withDefaults() Config {
 }
 
 func (c Config) transport() (grpc.DialOption, error) {
-	if c.Plaintext {
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
-	}
-	if c.RootCAFile == "" {
-		return nil, errors.New("certificate manager config: no RootCAFile; set the roots that verify the CA, or Plaintext for port 15010")
-	}
-	b, err := os.ReadFile(c.RootCAFile)
+	t, err := istiod.Transport(c.Address, c.Plaintext, c.RootCAFile, c.ServerName)
 	if err != nil {
-		return nil, fmt.Errorf("reading CA roots: %w", err)
+		return nil, fmt.Errorf("certificate manager config: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("CA roots %s: no PEM certificate in it", c.RootCAFile)
-	}
-	name := c.ServerName
-	if name == "" {
-		if host, _, err := net.SplitHostPort(c.Address); err == nil {
-			name = host
-		}
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12})), nil
+	return t, nil
 }
 
 // Manager fetches and refreshes workload certificates. Create it with New, run it with Run.
@@ -473,16 +454,9 @@ func certificate(id identity.Identity, key *ecdsa.PrivateKey, chainPEM []string)
 }
 
 func (m *Manager) token() (string, error) {
-	if m.cfg.TokenFile == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(m.cfg.TokenFile)
+	t, err := istiod.Token(m.cfg.TokenFile)
 	if err != nil {
-		return "", fmt.Errorf("reading CA token: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("CA token file %s is empty", m.cfg.TokenFile)
+		return "", fmt.Errorf("CA token: %w", err)
 	}
 	return t, nil
 }

@@ -1,21 +1,15 @@
 package xds
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"os"
-	"strings"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
 
 // Resource types the client subscribes to.
@@ -95,41 +89,18 @@ func (c Config) node() *core.Node {
 }
 
 func (c Config) transport() (grpc.DialOption, error) {
-	if c.Plaintext {
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
-	}
-	if c.RootCAFile == "" {
-		return nil, errors.New("xds config: no RootCAFile; set the CA roots that verify istiod-lite, or Plaintext for port 15010")
-	}
-	pemBytes, err := os.ReadFile(c.RootCAFile)
+	t, err := istiod.Transport(c.Address, c.Plaintext, c.RootCAFile, c.ServerName)
 	if err != nil {
-		return nil, fmt.Errorf("reading xds root CA: %w", err)
+		return nil, fmt.Errorf("xds config: %w", err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pemBytes) {
-		return nil, fmt.Errorf("xds root CA %s: no PEM certificate in it", c.RootCAFile)
-	}
-	name := c.ServerName
-	if name == "" {
-		if host, _, err := net.SplitHostPort(c.Address); err == nil {
-			name = host
-		}
-	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: name, MinVersion: tls.VersionTLS12})), nil
+	return t, nil
 }
 
 // token reads the bearer token, "" when none is configured.
 func (c Config) token() (string, error) {
-	if c.TokenFile == "" {
-		return "", nil
-	}
-	b, err := os.ReadFile(c.TokenFile)
+	t, err := istiod.Token(c.TokenFile)
 	if err != nil {
-		return "", fmt.Errorf("reading xds token: %w", err)
-	}
-	t := strings.TrimSpace(string(b))
-	if t == "" {
-		return "", fmt.Errorf("xds token file %s is empty", c.TokenFile)
+		return "", fmt.Errorf("xds token: %w", err)
 	}
 	return t, nil
 }
