@@ -25,18 +25,9 @@ const probeSet = "ambient-pods"
 // to redirect.ProbeSource, which the pod's capture lets through, so probes reach the app
 // directly and are not subject to mesh policy.
 func syncProbeRules(nodeNetns string, podIPs []netip.Addr) error {
-	h, err := netns.Open(nodeNetns)
+	c, err := nodeNFTables(nodeNetns)
 	if err != nil {
 		return fmt.Errorf("installing probe rule: %w", err)
-	}
-	defer h.Close()
-	var c *nftables.Conn
-	if err := h.Do(func() error {
-		var err error
-		c, err = nftables.New(nftables.AsLasting())
-		return err
-	}); err != nil {
-		return fmt.Errorf("installing probe rule: opening nftables: %w", err)
 	}
 	defer c.CloseLasting()
 
@@ -83,18 +74,9 @@ func probeRule(set *nftables.Set) []expr.Any {
 
 // removeProbeRules deletes the node table; absent is fine.
 func removeProbeRules(nodeNetns string) error {
-	h, err := netns.Open(nodeNetns)
+	c, err := nodeNFTables(nodeNetns)
 	if err != nil {
 		return fmt.Errorf("removing probe rule: %w", err)
-	}
-	defer h.Close()
-	var c *nftables.Conn
-	if err := h.Do(func() error {
-		var err error
-		c, err = nftables.New(nftables.AsLasting())
-		return err
-	}); err != nil {
-		return fmt.Errorf("removing probe rule: opening nftables: %w", err)
 	}
 	defer c.CloseLasting()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
@@ -110,4 +92,22 @@ func removeProbeRules(nodeNetns string) error {
 		}
 	}
 	return nil
+}
+
+// nodeNFTables opens a lasting nftables connection inside the node's network namespace.
+func nodeNFTables(nodeNetns string) (*nftables.Conn, error) {
+	h, err := netns.Open(nodeNetns)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var c *nftables.Conn
+	if err := h.Do(func() error {
+		var err error
+		c, err = nftables.New(nftables.AsLasting())
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("opening nftables: %w", err)
+	}
+	return c, nil
 }
