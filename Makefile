@@ -167,7 +167,7 @@ FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy \
 	internal/authz:FuzzCompileEvaluate ztunnel/dns:FuzzHandle cni/plugin:FuzzParseConfig
 FUZZ_TIME    ?= 10s
 E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
-UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS) tests/bench,-e /$(d)$$))
+UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS),-e /$(d)$$) -e /tests/bench)
 
 test: tools images check-generate ## run every test (unit, race, end-to-end in a real cluster); needs root
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -180,7 +180,7 @@ test: tools images check-generate ## run every test (unit, race, end-to-end in a
 	done
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
 
-BENCH_PKGS := ./tests/bench
+BENCH_PKGS := ./tests/bench/...
 
 bench: tools images ## run the benchmarks (needs root); figures are ratios against baselines of the same run
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
