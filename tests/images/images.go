@@ -25,6 +25,9 @@ type Spec struct {
 	Ref string
 	// Binaries maps an absolute path in the image to a file on disk.
 	Binaries map[string]string
+	// Files maps an absolute path in the image to a file on disk that is not a program
+	// (configuration, data); it gets mode 0644.
+	Files map[string]string
 	// Entrypoint of the image, e.g. {"/usr/local/bin/echo"}.
 	Entrypoint []string
 	// Labels of the image config; set VersionLabel to version the image.
@@ -39,13 +42,14 @@ type Spec struct {
 var ErrNoRef = errors.New("image has no ref")
 
 // Build returns the single-layer image that spec describes. The layer holds
-// the binaries (mode 0755, owned by root), /etc/passwd, /etc/group and /tmp;
+// the binaries (mode 0755, owned by root), the files (mode 0644), /etc/passwd,
+// /etc/group and /tmp;
 // every time stamp is fixed, so the same files give the same digest.
 func Build(spec Spec) (v1.Image, error) {
 	if spec.Ref == "" {
 		return nil, fmt.Errorf("building image with binaries %v: %w", slices.Sorted(maps.Keys(spec.Binaries)), ErrNoRef)
 	}
-	layer, err := newLayer(spec.Binaries)
+	layer, err := newLayer(spec.Binaries, spec.Files)
 	if err != nil {
 		return nil, fmt.Errorf("building image %s: %w", spec.Ref, err)
 	}

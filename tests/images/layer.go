@@ -32,9 +32,9 @@ type entry struct {
 	data []byte // nil for a directory
 }
 
-// newLayer returns a layer holding the binaries (image path -> disk path) and
-// the base files, in sorted order.
-func newLayer(binaries map[string]string) (v1.Layer, error) {
+// newLayer returns a layer holding the binaries and files (image path -> disk
+// path) and the base files, in sorted order.
+func newLayer(binaries, files map[string]string) (v1.Layer, error) {
 	entries := map[string]entry{
 		"etc": {mode: 0o755},
 		"tmp": {mode: 0o1777},
@@ -42,27 +42,11 @@ func newLayer(binaries map[string]string) (v1.Layer, error) {
 	for name, content := range baseFiles {
 		entries[name] = entry{mode: 0o644, data: []byte(content)}
 	}
-	for _, dst := range slices.Sorted(maps.Keys(binaries)) {
-		name, err := imagePath(dst)
-		if err != nil {
-			return nil, err
-		}
-		if _, ok := entries[name]; ok {
-			return nil, fmt.Errorf("binary path %q: already in the image", dst)
-		}
-		data, err := os.ReadFile(binaries[dst])
-		if err != nil {
-			return nil, fmt.Errorf("reading binary for %s: %w", dst, err)
-		}
-		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
-			if e, ok := entries[dir]; ok && e.data != nil {
-				return nil, fmt.Errorf("binary path %q: /%s is a file", dst, dir)
-			}
-			if _, ok := entries[dir]; !ok {
-				entries[dir] = entry{mode: 0o755}
-			}
-		}
-		entries[name] = entry{mode: 0o755, data: data}
+	if err := addFiles(entries, binaries, "binary", 0o755); err != nil {
+		return nil, err
+	}
+	if err := addFiles(entries, files, "file", 0o644); err != nil {
+		return nil, err
 	}
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -82,6 +66,34 @@ func newLayer(binaries map[string]string) (v1.Layer, error) {
 		return nil, fmt.Errorf("creating layer: %w", err)
 	}
 	return layer, nil
+}
+
+// addFiles adds files (image path -> disk path) of a kind ("binary", "file") with mode, and
+// the directories above them, to entries.
+func addFiles(entries map[string]entry, files map[string]string, kind string, mode int64) error {
+	for _, dst := range slices.Sorted(maps.Keys(files)) {
+		name, err := imagePath(dst)
+		if err != nil {
+			return err
+		}
+		if _, ok := entries[name]; ok {
+			return fmt.Errorf("%s path %q: already in the image", kind, dst)
+		}
+		data, err := os.ReadFile(files[dst])
+		if err != nil {
+			return fmt.Errorf("reading %s for %s: %w", kind, dst, err)
+		}
+		for dir := path.Dir(name); dir != "."; dir = path.Dir(dir) {
+			if e, ok := entries[dir]; ok && e.data != nil {
+				return fmt.Errorf("%s path %q: /%s is a file", kind, dst, dir)
+			}
+			if _, ok := entries[dir]; !ok {
+				entries[dir] = entry{mode: 0o755}
+			}
+		}
+		entries[name] = entry{mode: mode, data: data}
+	}
+	return nil
 }
 
 // imagePath checks that p is a clean absolute path and returns it without

@@ -5,8 +5,11 @@
 //	ctr -n k8s.io images import echo.tar
 //
 // A -bin given as src:dst puts src at dst in the image; a bare src goes to
-// /usr/local/bin/<name>. Without -entrypoint, an image with one binary runs
-// it.
+// /usr/local/bin/<name>. A -dynbin is a dynamically linked program (or
+// library) from this machine: it goes in the same way, with every shared
+// library ldd lists for it at that library's own path. A -file src:dst adds a
+// configuration or data file (mode 0644). Without -entrypoint, an image with
+// one binary runs it.
 package main
 
 import (
@@ -39,22 +42,43 @@ func main() {
 // parseFlags binds the flags to a spec and the output path, printing usage
 // and errors to output.
 func parseFlags(args []string, output io.Writer) (images.Spec, string, error) {
-	spec := images.Spec{Binaries: map[string]string{}, Labels: map[string]string{}}
+	spec := images.Spec{Binaries: map[string]string{}, Files: map[string]string{}, Labels: map[string]string{}}
 	var out, entrypoint, version string
+	var dynamic []string // sources of -dynbin
 	fs := flag.NewFlagSet("mkimage", flag.ContinueOnError)
 	fs.SetOutput(output)
 	fs.StringVar(&out, "o", "", "output `archive` (.tar)")
 	fs.StringVar(&spec.Ref, "ref", "", "image `ref`, e.g. ambit.local/echo:dev")
 	fs.StringVar(&spec.Arch, "arch", "", "GOARCH of the binaries (default this machine's)")
-	fs.Func("bin", "binary `src[:dst]` to add; dst defaults to /usr/local/bin/<name> (repeatable)", func(s string) error {
+	addBin := func(s string) (string, error) {
 		src, dst, ok := strings.Cut(s, ":")
 		if !ok {
 			dst = path.Join("/usr/local/bin", filepath.Base(src))
 		}
 		if _, dup := spec.Binaries[dst]; dup {
-			return fmt.Errorf("%s given twice", dst)
+			return "", fmt.Errorf("%s given twice", dst)
 		}
 		spec.Binaries[dst] = src
+		return src, nil
+	}
+	fs.Func("bin", "binary `src[:dst]` to add; dst defaults to /usr/local/bin/<name> (repeatable)", func(s string) error {
+		_, err := addBin(s)
+		return err
+	})
+	fs.Func("dynbin", "dynamically linked binary or library `src[:dst]` to add with the shared libraries ldd lists for it (repeatable)", func(s string) error {
+		src, err := addBin(s)
+		dynamic = append(dynamic, src)
+		return err
+	})
+	fs.Func("file", "configuration or data file `src:dst` to add, mode 0644 (repeatable)", func(s string) error {
+		src, dst, ok := strings.Cut(s, ":")
+		if !ok || src == "" || dst == "" {
+			return fmt.Errorf("file %q: want src:dst", s)
+		}
+		if _, dup := spec.Files[dst]; dup {
+			return fmt.Errorf("%s given twice", dst)
+		}
+		spec.Files[dst] = src
 		return nil
 	})
 	fs.StringVar(&entrypoint, "entrypoint", "", "entrypoint, split on spaces (default: the only binary)")
@@ -90,6 +114,18 @@ func parseFlags(args []string, output io.Writer) (images.Spec, string, error) {
 	if len(spec.Entrypoint) == 0 && len(spec.Binaries) == 1 {
 		for dst := range spec.Binaries {
 			spec.Entrypoint = []string{dst}
+		}
+	}
+	if len(dynamic) > 0 {
+		libs, err := images.SharedLibraries(dynamic...)
+		if err != nil {
+			fmt.Fprintf(output, "mkimage: %v\n", err)
+			return spec, "", err
+		}
+		for dst, src := range libs {
+			if _, given := spec.Binaries[dst]; !given {
+				spec.Binaries[dst] = src
+			}
 		}
 	}
 	return spec, out, nil

@@ -74,3 +74,28 @@ func TestParseFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestParseFlagsDynamic adds the machine's own dynamically linked shell with the libraries
+// ldd lists for it, and a configuration file.
+func TestParseFlagsDynamic(t *testing.T) {
+	spec, _, err := parseFlags([]string{"-o", "x.tar", "-ref", "r:1", "-dynbin", "/bin/sh:/bin/sh", "-file", "conf/app.conf:/etc/app.conf"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.Binaries["/bin/sh"] != "/bin/sh" {
+		t.Errorf("binaries = %v, want /bin/sh among them", spec.Binaries)
+	}
+	if len(spec.Binaries) < 2 {
+		t.Errorf("binaries = %v, want /bin/sh and its shared libraries", spec.Binaries)
+	}
+	if spec.Files["/etc/app.conf"] != "conf/app.conf" {
+		t.Errorf("files = %v, want /etc/app.conf from conf/app.conf", spec.Files)
+	}
+	if !slices.Equal(spec.Entrypoint, []string{"/bin/sh"}) {
+		t.Errorf("entrypoint = %q, want the only binary given, /bin/sh", spec.Entrypoint)
+	}
+	_, _, err = parseFlags([]string{"-o", "x.tar", "-ref", "r:1", "-bin", "a", "-file", "nodst"}, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), `file "nodst": want src:dst`) {
+		t.Errorf("a -file without a destination: error = %v, want one naming it", err)
+	}
+}
