@@ -18,9 +18,10 @@ RUNC_VERSION        := v1.3.6
 CNI_PLUGINS_VERSION := v1.9.1
 
 # Debian packages: runc's seccomp build, the programs the harness and the nodes run, protoc and
-# clang/llvm-strip for make generate (api/ protobufs, bpf/ objects).
+# clang/llvm-strip for make generate (api/ protobufs, bpf/ objects), and the C peer and the
+# throughput tool the data-path benchmark puts in images (nginx with its stream module, iperf3).
 APT_PACKAGES := gcc libc6-dev libseccomp-dev pkg-config iptables nftables util-linux mount iproute2 \
-	protobuf-compiler libprotobuf-dev clang llvm
+	protobuf-compiler libprotobuf-dev clang llvm nginx libnginx-mod-stream iperf3
 
 K8S_LDFLAGS := -s -w \
 	-X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
@@ -30,7 +31,7 @@ K8S_LDFLAGS := -s -w \
 	-X k8s.io/client-go/pkg/version.gitMajor=1 \
 	-X k8s.io/client-go/pkg/version.gitMinor=34
 
-.PHONY: build test e2e unit bench demo generate check-generate lint images tools deps clean help
+.PHONY: build test e2e unit bench bench-images demo generate check-generate lint images tools deps clean help
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -182,7 +183,32 @@ test: tools images check-generate ## run every test (unit, race, end-to-end in a
 
 BENCH_PKGS := ./tests/bench/...
 
-bench: tools images ## run the benchmarks (needs root); figures are ratios against baselines of the same run
+# The data-path benchmark's load generator (fortio, pinned in tests/tools/fortio/go.mod) and its
+# images: fortio's static binary, and nginx and iperf3 from Debian with the shared libraries ldd
+# lists for them. They go to their own folder, so only the benchmark's cluster imports them.
+BENCH_IMAGES := $(CACHE)/bench-images
+FORTIO_STAMP := $(BIN)/.fortio-$(call sum,tests/tools/fortio/go.sum)
+NGINX_STREAM := /usr/lib/nginx/modules/ngx_stream_module.so
+
+$(FORTIO_STAMP):
+	@mkdir -p $(BIN)
+	@echo "building fortio"
+	cd tests/tools/fortio && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ fortio.org/fortio
+	@rm -f $(BIN)/.fortio-* && touch $@
+
+bench-images: deps $(FORTIO_STAMP) ## build the data-path benchmark's images (fortio, nginx, iperf3) into .cache/bench-images
+	@mkdir -p $(BUILD) $(BENCH_IMAGES)
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
+	$(BUILD)/mkimage -o $(BENCH_IMAGES)/fortio.tar -ref ambit.local/fortio:dev \
+		-version $$($(BIN)/fortio version) -bin $(BIN)/fortio
+	$(BUILD)/mkimage -o $(BENCH_IMAGES)/nginx.tar -ref ambit.local/nginx:dev \
+		-version $$(dpkg-query -W -f '$${Version}' nginx) -entrypoint /usr/sbin/nginx \
+		-dynbin /usr/sbin/nginx:/usr/sbin/nginx -dynbin $(NGINX_STREAM):$(NGINX_STREAM)
+	$(BUILD)/mkimage -o $(BENCH_IMAGES)/iperf3.tar -ref ambit.local/iperf3:dev \
+		-version $$(dpkg-query -W -f '$${Version}' iperf3) -dynbin /usr/bin/iperf3:/usr/bin/iperf3
+	@ls -l $(BENCH_IMAGES)
+
+bench: tools images bench-images ## run the benchmarks (needs root); figures are ratios against baselines of the same run
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
 
 unit: ## run the tests that need no cluster
