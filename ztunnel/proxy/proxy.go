@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/netns"
@@ -110,9 +112,30 @@ func New(cfg Config) (*Proxy, error) {
 }
 
 // AddPod starts serving a pod inside its network namespace. The proxy owns ns from then on,
-// also when AddPod fails. Adding a pod that is already served replaces it: its listeners are
-// reopened in the (possibly new) namespace.
+// also when AddPod fails. Adding a pod that is already served in the same namespace keeps it
+// as it is, listeners and open connections included: that is the node agent's replay after it
+// restarted, and the ports are taken by the pod's own listeners anyway. Adding it with another
+// namespace (a new sandbox) replaces it.
 func (px *Proxy) AddPod(ctx context.Context, pod PodInfo, ns *netns.Handle) error {
+	px.mu.Lock()
+	served := px.pods[pod.UID]
+	px.mu.Unlock()
+	if served != nil {
+		same, err := sameNamespace(served.ns, ns)
+		if err != nil {
+			ns.Close()
+			return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		if same && served.PodInfo == pod {
+			ns.Close()
+			px.log.Info("pod added again in the same network namespace; kept as served", "pod", pod.Namespace+"/"+pod.Name, "uid", pod.UID)
+			return nil
+		}
+		if same {
+			// Changed details in the same namespace: its listeners hold the ports.
+			px.RemovePod(pod.UID)
+		}
+	}
 	p := &Pod{PodInfo: pod, ns: ns}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if err := px.listen(ctx, p); err != nil {
@@ -134,6 +157,19 @@ func (px *Proxy) AddPod(ctx context.Context, pod PodInfo, ns *netns.Handle) erro
 	px.serve(p)
 	px.log.Info("pod added", "pod", p.Namespace+"/"+p.Name, "uid", p.UID, "identity", p.Identity.String())
 	return nil
+}
+
+// sameNamespace says whether two handles refer to one network namespace (the same nsfs
+// inode), whichever paths they were opened from.
+func sameNamespace(a, b *netns.Handle) (bool, error) {
+	var sa, sb unix.Stat_t
+	if err := unix.Fstat(a.Fd(), &sa); err != nil {
+		return false, fmt.Errorf("inspecting the served network namespace: %w", err)
+	}
+	if err := unix.Fstat(b.Fd(), &sb); err != nil {
+		return false, fmt.Errorf("inspecting the added network namespace: %w", err)
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
 }
 
 // RemovePod stops serving a pod: its listeners and connections close. Unknown pods are fine.
