@@ -67,4 +67,3 @@ func TestPrintTables(t *testing.T) {
 		t.Errorf("garbage dump: %v; want an error naming the node", err)
 	}
 }
-
