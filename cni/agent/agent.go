@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,6 +28,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
+	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/zds"
@@ -58,6 +60,9 @@ type Config struct {
 	// DaemonSet is the agent's own DaemonSet, "<namespace>/<name>". When the agent stops and
 	// it is gone (an uninstall), the agent removes what it installed; "" never does.
 	DaemonSet string
+	// FailOpenGrace is how long ztunnel may be gone (no ZDS connection) before pods annotated
+	// ambient.ambit.dev/fail-open=true bypass capture; it must be positive.
+	FailOpenGrace time.Duration
 }
 
 // DefaultConfig returns the defaults for a node.
@@ -72,6 +77,8 @@ func DefaultConfig() Config {
 		CNIConfDir: "/etc/cni/net.d",
 		ProbeRule:  true,
 		AckTimeout: zds.DefaultAckTimeout,
+
+		FailOpenGrace: DefaultFailOpenGrace,
 	}
 }
 
@@ -90,6 +97,10 @@ type Agent struct {
 	synced  []cache.InformerSynced
 	queue   workqueue.TypedRateLimitingInterface[string]
 
+	// bypassing is set while ztunnel has been gone for longer than cfg.FailOpenGrace: the
+	// fail-open pods' traffic then bypasses capture. watchZtunnel writes it.
+	bypassing atomic.Bool
+
 	// mu serializes enrolment changes and guards members.
 	mu      sync.Mutex
 	members map[string]*member // by pod UID
@@ -99,13 +110,20 @@ type Agent struct {
 type member struct {
 	key    string // namespace/name
 	pod    redirect.Pod
+	info   *zdspb.WorkloadInfo
 	nsFile *os.File // the agent's own reference to the pod netns (pod.Netns points at it)
+	// bypassed: a fail-open pod whose redirection and ZDS record are removed while ztunnel
+	// is gone (failopen.go).
+	bypassed bool
 }
 
 // New wires an agent; Run starts it. log may be nil.
 func New(cfg Config, client kubernetes.Interface, backend redirect.Backend, log *slog.Logger) (*Agent, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("creating cni-agent: the node name is empty (set --node-name, usually from the downward API's spec.nodeName)")
+	}
+	if cfg.FailOpenGrace <= 0 {
+		return nil, fmt.Errorf("creating cni-agent: fail-open grace period %s: must be positive (e.g. %s)", cfg.FailOpenGrace, DefaultFailOpenGrace)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -257,23 +275,34 @@ func (a *Agent) release() {
 }
 
 // watchZtunnel resyncs every pod when a ztunnel connects: pods that could not be enrolled
-// while none was connected get their turn.
+// while none was connected get their turn, and bypassed fail-open pods are captured again.
+// When ztunnel has been gone for longer than the fail-open grace period it resyncs every pod
+// too, so that the fail-open ones bypass capture.
 func (a *Agent) watchZtunnel(ctx context.Context) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	was := false
+	o := newOutage(a.cfg.FailOpenGrace, time.Now())
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		now := a.zds.Connected()
-		if now && !was {
+		switch o.observe(a.zds.Connected(), time.Now()) {
+		case ztunnelBack:
+			a.bypassing.Store(false)
 			a.log.Info("ztunnel connected; resyncing pods")
 			a.enqueueAll()
+		case ztunnelGone:
+			a.log.Warn("ztunnel disconnected; captured pods cannot connect until it returns, except pods annotated "+
+				FailOpenAnnotation+"=true, which bypass capture if it stays away longer than the grace period",
+				"grace", a.cfg.FailOpenGrace)
+		case graceExpired:
+			a.bypassing.Store(true)
+			a.log.Warn("ztunnel gone for longer than the fail-open grace period; pods annotated "+
+				FailOpenAnnotation+"=true bypass capture until it returns", "grace", a.cfg.FailOpenGrace)
+			a.enqueueAll()
 		}
-		was = now
 	}
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -142,7 +143,8 @@ type harness struct {
 	backend *recordingBackend
 	cfg     Config
 	nodeNS  string
-	agent   *Agent // the running agent, set by start
+	agent   *Agent       // the running agent, set by start
+	log     *slog.Logger // the agent's logger; nil discards
 }
 
 func newHarness(t *testing.T) *harness {
@@ -162,7 +164,7 @@ func newHarness(t *testing.T) *harness {
 
 // start runs an agent until the test ends or stop is called.
 func (h *harness) start(t *testing.T) (stop func()) {
-	a, err := New(h.cfg, h.client, h.backend, nil)
+	a, err := New(h.cfg, h.client, h.backend, h.log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,6 +107,17 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 	if !d.enroll {
 		return false, nil
 	}
+	if a.wantBypass(pod, ns, d) {
+		// Fail-open while ztunnel is gone: the pod starts outside the mesh, and the resync
+		// that follows ztunnel's connect enrols it.
+		a.log.Warn("ztunnel gone for longer than the fail-open grace period; new pod starts outside the mesh",
+			"pod", req.PodNamespace+"/"+req.PodName)
+		if err := a.annotate(ctx, pod, stateBypassed); err != nil {
+			a.log.Warn("annotating a bypassed pod; the reconciler retries", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
+		}
+		a.queue.Add(req.PodNamespace + "/" + req.PodName)
+		return false, nil
+	}
 	if !a.zds.Connected() {
 		return false, a.notConnected()
 	}
@@ -120,7 +131,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 		}
 		return false, err
 	}
-	if err := a.annotate(ctx, pod, true); err != nil {
+	if err := a.annotate(ctx, pod, stateCaptured); err != nil {
 		a.log.Warn("annotating a new pod; the reconciler retries", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
 		a.queue.Add(req.PodNamespace + "/" + req.PodName)
 	}
@@ -135,7 +146,7 @@ func (a *Agent) cniCheck(ctx context.Context, req agentapi.PodRequest) (bool, er
 	a.mu.Lock()
 	_, enrolled := a.members[string(pod.UID)]
 	a.mu.Unlock()
-	if wantEnrolled(pod, ns).enroll && !enrolled {
+	if d := wantEnrolled(pod, ns); d.enroll && !enrolled && !a.wantBypass(pod, ns, d) {
 		return false, fmt.Errorf("pod %s/%s is selected for ambient but not enrolled on node %s", pod.Namespace, pod.Name, a.cfg.NodeName)
 	}
 	return enrolled, nil

@@ -61,15 +61,35 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 	}
 	nsObj, _ := a.nss.Get(ns)
 	d := wantEnrolled(pod, nsObj)
+	bypass := a.wantBypass(pod, nsObj, d)
 	for _, w := range d.warnings {
 		a.log.Warn(w)
 	}
 	a.mu.Lock()
-	_, enrolled := a.members[string(pod.UID)]
+	m := a.members[string(pod.UID)]
+	enrolled := m != nil
+	bypassed := enrolled && m.bypassed
 	a.mu.Unlock()
 	switch {
 	case d.enroll && !enrolled && (!podRunning(pod) || pod.DeletionTimestamp != nil):
 		// No sandbox yet (its CNI ADD enrols it), or one on its way out.
+	case d.enroll && !enrolled && bypass:
+		// Fail-open while ztunnel is gone: the pod stays out until it returns.
+	case d.enroll && bypass && !bypassed:
+		if err := a.bypass(ctx, string(pod.UID)); err != nil {
+			return err
+		}
+		a.log.Warn("ztunnel gone for longer than the fail-open grace period; the pod's traffic bypasses the mesh until it returns",
+			"pod", key, "grace", a.cfg.FailOpenGrace)
+	case d.enroll && !bypass && bypassed:
+		if !a.zds.Connected() {
+			// Still bypassed: the resync that follows ztunnel's connect restores the capture.
+			return nil
+		}
+		if err := a.restore(ctx, string(pod.UID)); err != nil {
+			return err
+		}
+		a.log.Info("ztunnel is back; fail-open pod captured again", "pod", key)
 	case d.enroll && !enrolled:
 		if !a.zds.Connected() {
 			// Capturing now would send traffic to listeners nobody opened; the resync that
@@ -92,10 +112,56 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		}
 		a.log.Info("unenrolled pod", "pod", key)
 	}
+	return a.annotate(ctx, pod, a.state(pod, bypass))
+}
+
+// wantBypass reports whether a pod that d selects should bypass capture now: it opted into
+// fail-open and ztunnel has been gone for longer than the grace period (and has not just
+// come back). It logs unreadable fail-open annotations of selected pods.
+func (a *Agent) wantBypass(pod *corev1.Pod, ns *corev1.Namespace, d decision) bool {
+	if !d.enroll {
+		return false
+	}
+	on, warnings := failOpen(pod, ns)
+	for _, w := range warnings {
+		a.log.Warn(w)
+	}
+	return on && a.bypassing.Load() && !a.zds.Connected()
+}
+
+// state is what the pod's status annotations should say: captured while enrolled and not
+// bypassed; bypassed while its capture is removed, or while it should bypass and is not
+// enrolled.
+func (a *Agent) state(pod *corev1.Pod, bypass bool) podState {
 	a.mu.Lock()
-	_, enrolled = a.members[string(pod.UID)]
+	m := a.members[string(pod.UID)]
 	a.mu.Unlock()
-	return a.annotate(ctx, pod, enrolled)
+	switch {
+	case m != nil && !m.bypassed:
+		return stateCaptured
+	case m != nil || bypass:
+		return stateBypassed
+	}
+	return stateDirect
+}
+
+// bypass and restore are bypassLocked and restoreLocked for the pod uid, if it is a member.
+func (a *Agent) bypass(ctx context.Context, uid string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m := a.members[uid]; m != nil && !m.bypassed {
+		return a.bypassLocked(ctx, m)
+	}
+	return nil
+}
+
+func (a *Agent) restore(ctx context.Context, uid string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if m := a.members[uid]; m != nil && m.bypassed {
+		return a.restoreLocked(ctx, m)
+	}
+	return nil
 }
 
 func podIPs(pod *corev1.Pod) []netip.Addr {
@@ -144,7 +210,7 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 		err = fmt.Errorf("installing %s redirection for pod %s: %w", a.backend.Name(), key, err)
 		return errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
 	}
-	a.members[uid] = &member{key: key, pod: rp, nsFile: f}
+	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
 	a.syncProbeLocked()
 	return nil
 }
@@ -203,27 +269,51 @@ func (a *Agent) syncProbeLocked() {
 	}
 	var ips []netip.Addr
 	for _, m := range a.members {
-		ips = append(ips, m.pod.IPs...)
+		if !m.bypassed {
+			ips = append(ips, m.pod.IPs...)
+		}
 	}
 	if err := syncProbeRules(a.cfg.NodeNetns, ips); err != nil {
 		a.log.Error("updating the node's probe SNAT rule", "err", err)
 	}
 }
 
-// annotate sets or removes ambient.istio.io/redirection so it says whether the pod is enrolled.
-func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, enrolled bool) error {
-	key := annotation.AmbientRedirection.Name
-	if (pod.Annotations[key] == redirectionEnabled) == enrolled {
+// podState is what the agent's status annotations say about a pod.
+type podState int
+
+const (
+	stateDirect   podState = iota // not captured: neither annotation
+	stateCaptured                 // ambient.istio.io/redirection=enabled
+	stateBypassed                 // fail-open, ztunnel gone: ambient.ambit.dev/redirection=bypassed
+)
+
+// annotate sets or removes ambient.istio.io/redirection (enabled: the pod is captured) and
+// ambient.ambit.dev/redirection (bypassed: a fail-open pod's traffic goes around the mesh)
+// so that they say s.
+func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, s podState) error {
+	want := map[string]string{annotation.AmbientRedirection.Name: "", RedirectionAnnotation: ""}
+	switch s {
+	case stateCaptured:
+		want[annotation.AmbientRedirection.Name] = redirectionEnabled
+	case stateBypassed:
+		want[RedirectionAnnotation] = redirectionBypassed
+	}
+	changes := map[string]any{}
+	for k, v := range want {
+		switch have, ok := pod.Annotations[k]; {
+		case v == "" && ok:
+			changes[k] = nil // null removes the annotation
+		case v != "" && have != v:
+			changes[k] = v
+		}
+	}
+	if len(changes) == 0 {
 		return nil
 	}
-	var value any // null removes the annotation
-	if enrolled {
-		value = redirectionEnabled
-	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]any{key: value}}})
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": changes}})
 	_, err := a.client.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("annotating pod %s/%s %s: %w", pod.Namespace, pod.Name, key, err)
+		return fmt.Errorf("annotating pod %s/%s %s: %w", pod.Namespace, pod.Name, patch, err)
 	}
 	return nil
 }
@@ -246,7 +336,7 @@ func (a *Agent) recover(ctx context.Context) {
 		}
 		uid, key := string(pod.UID), pod.Namespace+"/"+pod.Name
 		info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
-		m := &member{key: key, pod: redirect.Pod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: podIPs(pod)}}
+		m := &member{key: key, info: info, pod: redirect.Pod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: podIPs(pod)}}
 		var zf *os.File
 		if pid, err := findPodProcess(a.cfg.ProcRoot, uid); err == nil {
 			f, ferr := os.Open(filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net"))

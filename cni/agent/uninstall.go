@@ -57,7 +57,7 @@ func (a *Agent) uninstall(ctx context.Context) error {
 		// Best effort: the agent's own RBAC may already be gone.
 		if ns, name, ok := strings.Cut(m.key, "/"); ok {
 			if pod, err := a.pods.Pods(ns).Get(name); err == nil {
-				if err := a.annotate(ctx, pod, false); err != nil {
+				if err := a.annotate(ctx, pod, stateDirect); err != nil {
 					a.log.Warn("leaving the redirection annotation on an unenrolled pod", "pod", m.key, "err", err)
 				}
 			}

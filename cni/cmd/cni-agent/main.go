@@ -32,6 +32,7 @@ func main() {
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "the node's CNI plugin `dir`")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "the node's CNI config `dir`")
 	flag.BoolVar(&cfg.ProbeRule, "probe-snat", cfg.ProbeRule, "SNAT kubelet probes to 169.254.7.127 in the node's netns")
+	flag.DurationVar(&cfg.FailOpenGrace, "fail-open-grace", cfg.FailOpenGrace, "how long ztunnel may be gone (no ZDS connection) before pods annotated "+agent.FailOpenAnnotation+"=true bypass capture (`duration`)")
 	flag.StringVar(&cfg.DaemonSet, "daemonset", cfg.DaemonSet, "the agent's own DaemonSet, `namespace/name`: when it is gone at stop (an uninstall), the agent removes its plugin, rules and probe SNAT from the node; empty: never")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
