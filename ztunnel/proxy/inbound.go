@@ -136,7 +136,7 @@ func (px *Proxy) serveInbound(p *Pod, rc *Conn, c net.Conn, r *hbone.Request) {
 	ic := &inboundConn{pod: p, dst: rc.DstWorkload, attempt: *a, close: func() { reset(app); c.Close() }}
 	px.conns.add(ic)
 	stop := context.AfterFunc(p.ctx, ic.close)
-	sent, received, err := relay(c, app)
+	sent, received, err := relay(c, app, rec)
 	stop()
 	px.conns.remove(ic)
 	rec.Close(Outcome{Sent: sent, Received: received, Decision: d, Err: err})

@@ -52,9 +52,20 @@ type connRecord struct {
 	mc *metrics.Conn
 }
 
+// AddRequest counts bytes from the client: what the connection received, in Istio's terms.
+func (cr *connRecord) AddRequest(n int64) { cr.mc.AddReceived(int(n)) }
+
+// AddResponse counts bytes back to the client: what the connection sent.
+func (cr *connRecord) AddResponse(n int64) { cr.mc.AddSent(int(n)) }
+
 func (cr *connRecord) Close(o Outcome) {
-	cr.mc.AddSent(int(o.Sent))
-	cr.mc.AddReceived(int(o.Received))
+	// Bytes not reported while flowing (none, when the relay counted them all).
+	if rest := uint64(o.Sent) - min(uint64(o.Sent), cr.mc.Received()); rest > 0 {
+		cr.mc.AddReceived(int(rest))
+	}
+	if rest := uint64(o.Received) - min(uint64(o.Received), cr.mc.Sent()); rest > 0 {
+		cr.mc.AddSent(int(rest))
+	}
 	cr.mc.Close()
 	rec := cr.mc.Record()
 	rec.Direction = string(cr.c.Direction)

@@ -46,7 +46,7 @@ func (px *Proxy) outbound(p *Pod, c net.Conn) {
 		rec.Close(Outcome{Err: err})
 		return
 	}
-	sent, received, err := relay(c, upstream)
+	sent, received, err := relay(c, upstream, rec)
 	rec.Close(Outcome{Sent: sent, Received: received, Err: err})
 }
 

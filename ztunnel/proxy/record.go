@@ -51,8 +51,12 @@ type Recorder interface {
 	Open(c *Conn) ConnRecord
 }
 
-// ConnRecord is one connection's record.
+// ConnRecord is one connection's record. AddRequest and AddResponse count bytes while they
+// flow (from the two copy goroutines at once), so that long connections show in the metrics
+// before they end; Close's Outcome carries the totals.
 type ConnRecord interface {
+	AddRequest(n int64)
+	AddResponse(n int64)
 	Close(o Outcome)
 }
 
@@ -62,4 +66,6 @@ func (nopRecorder) Open(*Conn) ConnRecord { return nopRecord{} }
 
 type nopRecord struct{}
 
-func (nopRecord) Close(Outcome) {}
+func (nopRecord) AddRequest(int64)  {}
+func (nopRecord) AddResponse(int64) {}
+func (nopRecord) Close(Outcome)     {}

@@ -16,18 +16,19 @@ type closeWriter interface {
 // TCP-to-TCP copies do not use it (io.Copy splices them in the kernel).
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
-// relay copies both ways between the app side a and the far side b until both directions end,
-// half-closing each side when the other finishes sending. It returns the bytes copied each way
-// and the first error that was not a plain close.
-func relay(a, b net.Conn) (aToB, bToA int64, err error) {
+// relay copies both ways between the client side a and the server side b until both
+// directions end, half-closing each side when the other finishes sending. It counts the bytes
+// into rec as they flow (a to b as request, b to a as response) and returns the totals and
+// the first error that was not a plain close.
+func relay(a, b net.Conn, rec ConnRecord) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var errB error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		bToA, errB = pipe(a, b)
+		bToA, errB = pipe(a, b, rec.AddResponse)
 	}()
-	aToB, err = pipe(b, a)
+	aToB, err = pipe(b, a, rec.AddRequest)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -37,18 +38,34 @@ func relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	return aToB, bToA, err
 }
 
-// pipe copies src to dst, then half-closes dst. On an error it closes both, which also ends the
-// copy in the other direction.
-func pipe(dst, src net.Conn) (int64, error) {
+// spliceChunk is how much a TCP-to-TCP copy moves in the kernel between two counts.
+const spliceChunk = 1 << 20
+
+// pipe copies src to dst, reporting progress to count, then half-closes dst. On an error it
+// closes both, which also ends the copy in the other direction.
+func pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 	var n int64
 	var err error
 	_, dstTCP := dst.(*net.TCPConn)
 	_, srcTCP := src.(*net.TCPConn)
 	if dstTCP && srcTCP {
-		n, err = io.Copy(dst, src)
+		// io.CopyN keeps the splice (the kernel moves a *io.LimitedReader of a TCPConn too)
+		// and gives a count every spliceChunk.
+		for {
+			var k int64
+			k, err = io.CopyN(dst, src, spliceChunk)
+			n += k
+			count(k)
+			if err != nil {
+				if err == io.EOF {
+					err = nil
+				}
+				break
+			}
+		}
 	} else {
 		bp := bufPool.Get().(*[]byte)
-		n, err = io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *bp)
+		n, err = io.CopyBuffer(countingWriter{dst, count}, onlyReader{src}, *bp)
 		bufPool.Put(bp)
 	}
 	if err != nil {
@@ -74,7 +91,18 @@ func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
 }
 
-// onlyWriter and onlyReader hide ReadFrom/WriteTo so that CopyBuffer uses the pooled buffer
-// instead of allocating one for types that implement them partially.
-type onlyWriter struct{ io.Writer }
+// countingWriter reports every write's size; like onlyReader it hides ReadFrom/WriteTo so that
+// CopyBuffer uses the pooled buffer instead of allocating one for types that implement them
+// partially.
+type countingWriter struct {
+	w     io.Writer
+	count func(int64)
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.count(int64(n))
+	return n, err
+}
+
 type onlyReader struct{ io.Reader }
