@@ -189,7 +189,15 @@ func dnsServer(st *state.State, m *metrics.Metrics, upstreams []netip.AddrPort, 
 		return addrs, true
 	})
 	return func(ctx context.Context, pod proxy.PodInfo, pc net.PacketConn, ln net.Listener, dial func(context.Context, string, string) (net.Conn, error)) {
-		srv, err := dns.New(dns.Config{Resolver: resolver, Upstreams: upstreams, Dial: dial, Observer: m.DNS("", "")})
+		// The pod's own labels on the DNS metrics, once its workload is known.
+		observer := m.DNSFor(func() (string, string, bool) {
+			w, ok := st.LocalWorkload(pod.Namespace, pod.Name)
+			if !ok || w.Proto == nil {
+				return "", "", false
+			}
+			return w.Proto.GetCanonicalName(), w.Proto.GetCanonicalRevision(), true
+		})
+		srv, err := dns.New(dns.Config{Resolver: resolver, Upstreams: upstreams, Dial: dial, Observer: observer})
 		if err != nil {
 			log.Error("DNS proxy not started", "pod", pod.Namespace+"/"+pod.Name, "error", err)
 			return

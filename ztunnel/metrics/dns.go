@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,20 +32,43 @@ func newDNSMetrics(reg prometheus.Registerer) *dnsMetrics {
 }
 
 // DNS records one pod's DNS proxy queries. It implements ztunnel/dns.Observer; get one per pod
-// from [Metrics.DNS].
+// from [Metrics.DNS] or [Metrics.DNSFor].
 type DNS struct {
-	m                *dnsMetrics
-	service, version string
+	m *dnsMetrics
+	// labels gives the pod's canonical service and revision, ok once they are known.
+	labels func() (service, revision string, ok bool)
+	// known caches labels' answer once ok.
+	known atomic.Pointer[[2]string]
 }
 
 // DNS returns the DNS observer for a pod with the given canonical service and revision (empty
 // values are reported as "unknown" and "latest"). A nil *Metrics returns a nil *DNS, whose
 // methods do nothing.
 func (m *Metrics) DNS(canonicalService, canonicalRevision string) *DNS {
+	return m.DNSFor(func() (string, string, bool) { return canonicalService, canonicalRevision, true })
+}
+
+// DNSFor returns the DNS observer for a pod whose canonical service and revision labels asks
+// for, at each query until it reports ok (the pod's workload may reach ztunnel after its DNS
+// proxy starts); until then queries count as "unknown" and "latest".
+func (m *Metrics) DNSFor(labels func() (service, revision string, ok bool)) *DNS {
 	if m == nil {
 		return nil
 	}
-	return &DNS{m: m.dnsVecs, service: orDefault(canonicalService, unknown), version: orDefault(canonicalRevision, latest)}
+	return &DNS{m: m.dnsVecs, labels: labels}
+}
+
+// pod returns the canonical service and revision labels of the pod.
+func (d *DNS) pod() (string, string) {
+	if k := d.known.Load(); k != nil {
+		return k[0], k[1]
+	}
+	svc, rev, ok := d.labels()
+	k := [2]string{orDefault(svc, unknown), orDefault(rev, latest)}
+	if ok {
+		d.known.Store(&k)
+	}
+	return k[0], k[1]
 }
 
 // ObserveRequest counts a query of queryType ("a", "aaaa", ...) over protocol ("udp", "tcp").
@@ -52,7 +76,8 @@ func (d *DNS) ObserveRequest(queryType, protocol string) {
 	if d == nil {
 		return
 	}
-	d.m.requests.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
+	svc, rev := d.pod()
+	d.m.requests.WithLabelValues(queryType, protocol, svc, rev).Inc()
 }
 
 // ObserveUpstream counts a forwarded query, its duration, and its failure when err is not nil.
@@ -60,9 +85,10 @@ func (d *DNS) ObserveUpstream(queryType, protocol string, took time.Duration, er
 	if d == nil {
 		return
 	}
-	d.m.upstream.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
-	d.m.duration.WithLabelValues(queryType, protocol, d.service, d.version).Observe(took.Seconds())
+	svc, rev := d.pod()
+	d.m.upstream.WithLabelValues(queryType, protocol, svc, rev).Inc()
+	d.m.duration.WithLabelValues(queryType, protocol, svc, rev).Observe(took.Seconds())
 	if err != nil {
-		d.m.failures.WithLabelValues(queryType, protocol, d.service, d.version).Inc()
+		d.m.failures.WithLabelValues(queryType, protocol, svc, rev).Inc()
 	}
 }

@@ -54,3 +54,32 @@ func TestDNS(t *testing.T) {
 	var nilM *Metrics
 	nilM.DNS("a", "b").ObserveUpstream("a", "udp", time.Second, nil) // no panic
 }
+
+// A pod whose workload is not known yet counts as unknown until it is, then keeps its labels
+// without asking again.
+func TestDNSForLearnsThePodsLabels(t *testing.T) {
+	m := New()
+	asked, known := 0, false
+	pod := m.DNSFor(func() (string, string, bool) {
+		asked++
+		if !known {
+			return "", "", false
+		}
+		return "reviews", "v2", true
+	})
+	pod.ObserveRequest("a", "udp")
+	known = true
+	pod.ObserveRequest("a", "udp")
+	pod.ObserveRequest("a", "udp")
+	before := map[string]string{"request_query_type": "a", "source_canonical_service": "unknown", "source_canonical_revision": "latest"}
+	after := map[string]string{"request_query_type": "a", "source_canonical_service": "reviews", "source_canonical_revision": "v2"}
+	if got, _ := value(t, m.Gatherer(), "istio_dns_requests_total", before); got != 1 {
+		t.Errorf("requests before the workload was known: %v; want 1", got)
+	}
+	if got, _ := value(t, m.Gatherer(), "istio_dns_requests_total", after); got != 2 {
+		t.Errorf("requests with the pod's labels: %v; want 2", got)
+	}
+	if asked != 2 {
+		t.Errorf("labels asked %d times; want 2 (not again once known)", asked)
+	}
+}
