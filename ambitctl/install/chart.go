@@ -113,9 +113,9 @@ func (m Manifest) YAML() string {
 	return b.String()
 }
 
-// render renders component's chart with values over its defaults, as `helm template` would
+// RenderComponent renders component's chart with values over its defaults, as `helm template` would
 // for a release named after the component in Namespace. Hooks and NOTES.txt are left out.
-func render(component string, values map[string]any) (Manifest, error) {
+func RenderComponent(component string, values map[string]any) (Manifest, error) {
 	ch, err := loadChart(component)
 	if err != nil {
 		return Manifest{}, err
@@ -151,7 +151,7 @@ func render(component string, values map[string]any) (Manifest, error) {
 func Render(s Settings) ([]Manifest, error) {
 	var out []Manifest
 	for _, c := range s.Components() {
-		m, err := render(c, s.chartValues(c))
+		m, err := RenderComponent(c, s.chartValues(c))
 		if err != nil {
 			return nil, err
 		}

@@ -96,7 +96,7 @@ func installComponent(ctx context.Context, k *Kube, s Settings, comp string, opt
 			fmt.Fprintf(opts.Out, "  - %-12s %s\n", comp, note)
 		}
 	}
-	m, err := render(comp, values)
+	m, err := RenderComponent(comp, values)
 	if err != nil {
 		return err
 	}

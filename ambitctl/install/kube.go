@@ -41,6 +41,10 @@ type Kube struct {
 
 // NewKube makes the clients for cfg.
 func NewKube(cfg *rest.Config) (*Kube, error) {
+	cfg = rest.CopyConfig(cfg)
+	// Listing every kind (Leftovers) touches deprecated ones; their warnings say nothing to
+	// an ambitctl user.
+	cfg.WarningHandler = rest.NoWarnings{}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)

@@ -86,6 +86,10 @@ func TestRenderAmbient(t *testing.T) {
 				t.Errorf("%s: a %s without a name", m.Component, o.GetKind())
 			}
 			kinds[o.GetKind()]++
+			clusterScoped := strings.HasPrefix(o.GetKind(), "Cluster") || o.GetKind() == "CustomResourceDefinition"
+			if !clusterScoped && o.GetNamespace() != Namespace {
+				t.Errorf("%s: %s %s in namespace %q; want %s", m.Component, o.GetKind(), o.GetName(), o.GetNamespace(), Namespace)
+			}
 			if o.GetKind() == "Deployment" || o.GetKind() == "DaemonSet" {
 				cs, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
 				for _, c := range cs {

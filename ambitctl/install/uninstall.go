@@ -72,7 +72,7 @@ func Uninstall(ctx context.Context, k *Kube, purge bool, opts Options) error {
 func installedKinds(k *Kube) ([]schema.GroupVersionResource, error) {
 	var out []schema.GroupVersionResource
 	for _, comp := range Order {
-		m, err := render(comp, nil)
+		m, err := RenderComponent(comp, nil)
 		if err != nil {
 			return nil, err
 		}
