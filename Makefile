@@ -186,6 +186,7 @@ BENCH_PKGS := ./tests/bench/...
 # The data-path benchmark's load generator (fortio, pinned in tests/tools/fortio/go.mod) and its
 # images: fortio's static binary, and nginx and iperf3 from Debian with the shared libraries ldd
 # lists for them. They go to their own folder, so only the benchmark's cluster imports them.
+# The suites run one at a time (-p 1): each owns a cluster, and two would measure each other.
 BENCH_IMAGES := $(CACHE)/bench-images
 FORTIO_STAMP := $(BIN)/.fortio-$(call sum,tests/tools/fortio/go.sum)
 NGINX_STREAM := /usr/lib/nginx/modules/ngx_stream_module.so
@@ -209,7 +210,7 @@ bench-images: deps $(FORTIO_STAMP) ## build the data-path benchmark's images (fo
 	@ls -l $(BENCH_IMAGES)
 
 bench: tools images bench-images ## run the benchmarks (needs root); figures are ratios against baselines of the same run
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
 
 unit: ## run the tests that need no cluster
 	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)

@@ -1,0 +1,168 @@
+package datapath
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ, which Linux fixes at
+// 100 for what it reports to user space whatever the kernel's own tick rate.
+const userHZ = 100
+
+// podPIDs returns the processes of a pod's containers, found by its UID in their cgroup path (the kubelet's
+// cgroupfs driver names a pod's cgroup pod<uid>; the systemd driver writes the dashes as
+// underscores). The test process sees every container's processes: the pods' PID namespaces
+// are children of its own.
+func podPIDs(uid string) ([]int, error) {
+	marks := []string{"/pod" + uid + "/", "pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"}
+	dirs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, d := range dirs {
+		cg, err := os.ReadFile(filepath.Join(d, "cgroup"))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// The sandbox's pause process shares the pod's cgroup but is no part of its proxy.
+		if comm, _ := os.ReadFile(filepath.Join(d, "comm")); strings.TrimSpace(string(comm)) == "pause" {
+			continue
+		}
+		for _, m := range marks {
+			if strings.Contains(string(cg), m) {
+				pid, _ := strconv.Atoi(filepath.Base(d))
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	if len(pids) == 0 {
+		return nil, fmt.Errorf("no process of pod %s found in /proc (by its cgroup)", uid)
+	}
+	return pids, nil
+}
+
+// cpuTime is the user plus system CPU time that processes have used so far.
+func cpuTime(pids []int) (time.Duration, error) {
+	var ticks uint64
+	for _, pid := range pids {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, fmt.Errorf("reading the CPU time of process %d: %w", pid, err)
+		}
+		// The command name, in parentheses, may hold spaces: count fields after it.
+		i := strings.LastIndexByte(string(stat), ')')
+		if i < 0 {
+			return 0, fmt.Errorf("/proc/%d/stat: no ')' in %q", pid, stat)
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 13 {
+			return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name; want at least 13", pid, len(f))
+		}
+		// Fields 14 (utime) and 15 (stime) of proc(5); f[0] is field 3.
+		for _, s := range f[11:13] {
+			n, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("/proc/%d/stat: CPU time %q: %w", pid, s, err)
+			}
+			ticks += n
+		}
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// rss is the resident set size of processes (VmRSS), in bytes.
+func rss(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return 0, fmt.Errorf("reading the RSS of process %d: %w", pid, err)
+		}
+		s := bufio.NewScanner(f)
+		for s.Scan() {
+			if rest, ok := strings.CutPrefix(s.Text(), "VmRSS:"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				if err != nil {
+					f.Close()
+					return 0, fmt.Errorf("/proc/%d/status: VmRSS %q: %w", pid, rest, err)
+				}
+				total += kb * 1024
+			}
+		}
+		f.Close()
+	}
+	return total, nil
+}
+
+// pss is the proportional set size of processes (Pss of smaps_rollup), in bytes: resident
+// memory with each shared page divided among the processes sharing it, so that nginx's
+// master and workers, which share most of their pages, are not counted three times.
+func pss(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			return 0, fmt.Errorf("reading the PSS of process %d: %w", pid, err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(line, "Pss:"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				if err != nil {
+					return 0, fmt.Errorf("/proc/%d/smaps_rollup: Pss %q: %w", pid, rest, err)
+				}
+				total += kb * 1024
+			}
+		}
+	}
+	return total, nil
+}
+
+// machineBusy is the fraction of the machine's CPU time (all cores) spent not idle over d.
+func machineBusy(d time.Duration) (float64, error) {
+	a, err := cpuTotals()
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(d)
+	b, err := cpuTotals()
+	if err != nil {
+		return 0, err
+	}
+	total, idle := b[0]-a[0], b[1]-a[1]
+	if total == 0 {
+		return 0, nil
+	}
+	return 1 - float64(idle)/float64(total), nil
+}
+
+// cpuTotals returns the total and idle (idle + iowait) jiffies of /proc/stat's cpu line.
+func cpuTotals() ([2]uint64, error) {
+	var out [2]uint64
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return out, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return out, fmt.Errorf("/proc/stat: first line %q; want the cpu totals", line)
+	}
+	for i, s := range f[1:] {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return out, fmt.Errorf("/proc/stat: %q: %w", s, err)
+		}
+		out[0] += n
+		if i == 3 || i == 4 { // idle, iowait
+			out[1] += n
+		}
+	}
+	return out, nil
+}

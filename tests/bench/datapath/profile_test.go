@@ -1,0 +1,104 @@
+package datapath
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
+)
+
+// profileZtunnels takes a CPU profile of every ztunnel over a max-rate run of v (through
+// their admin port 15000, which listens on localhost inside the ztunnel pod, so it is reached
+// from the pod's network namespace), writes each to dir and returns the top of each for the
+// log. It runs after the measured passes, so the profiling costs nothing in the figures.
+func profileZtunnels(ctx context.Context, v *variant, dir string) (string, error) {
+	seconds := int(runTime/time.Second) - 2
+	type result struct {
+		node, top string
+		err       error
+	}
+	results := make(chan result, len(v.proxies))
+	for _, zt := range v.proxies {
+		go func() {
+			path := filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+".pprof")
+			err := profile(ctx, zt, seconds, path)
+			var top string
+			if err == nil {
+				top, err = pprofTop(ctx, path)
+			}
+			results <- result{zt.Spec.NodeName, fmt.Sprintf("ztunnel on %s (%s):\n%s", zt.Spec.NodeName, path, top), err}
+		}()
+	}
+	if _, err := runFortio(ctx, v.ns, v.url, 0); err != nil {
+		return "", err
+	}
+	var tops []string
+	for range v.proxies {
+		r := <-results
+		if r.err != nil {
+			return "", fmt.Errorf("profiling the ztunnel on %s: %w", r.node, r.err)
+		}
+		tops = append(tops, r.top)
+	}
+	return strings.Join(tops, "\n"), nil
+}
+
+// profile writes a CPU profile of the ztunnel in pod zt, taken over seconds, to path.
+func profile(ctx context.Context, zt *corev1.Pod, seconds int, path string) error {
+	pids, err := podPIDs(string(zt.UID))
+	if err != nil {
+		return err
+	}
+	ns, err := netns.Open(fmt.Sprintf("/proc/%d/ns/net", pids[0]))
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return ns.DialContext(ctx, network, addr)
+	}}}
+	defer client.CloseIdleConnections()
+	url := fmt.Sprintf("http://127.0.0.1:15000/debug/pprof/profile?seconds=%d", seconds)
+	req, err := newRequest(ctx, url)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("getting %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return fmt.Errorf("getting %s: %s: %s", url, resp.Status, body)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return f.Close()
+}
+
+// pprofTop is the 25 functions with the most CPU time in the profile at path, cumulative
+// time first, as `go tool pprof -top` prints them.
+func pprofTop(ctx context.Context, path string) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=25", path).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go tool pprof -top %s: %w: %s", path, err, out)
+	}
+	return string(out), nil
+}
