@@ -1,8 +1,11 @@
 // Package mesh installs Ambit's L4 mesh (the istiod-lite, cni and ztunnel Helm charts, rendered
 // with the Helm SDK) on a test cluster and removes it again. Its tests check, in a real
-// two-node cluster, that enrolled pods talk through the ztunnels: mTLS identities on both
-// ends, the client's real source address at the server, nothing in clear on the fabric, L4
-// policy at the destination, and a clean uninstall.
+// two-node cluster and with each capture backend, that enrolled pods talk through the
+// ztunnels: mTLS identities on both ends, the client's real source address at the server,
+// nothing in clear on the fabric, L4 policy at the destination (DENY, ALLOW, STRICT, open
+// connections closed), how pods enter and leave the mesh (labels, opt-outs, host network,
+// a new pod's first request), that agent and ztunnel restarts keep or restore captured
+// traffic, that kubelet probes bypass ztunnel, and a clean uninstall.
 package mesh
 
 import (

@@ -90,12 +90,12 @@ spec:
     - source: {principals: [cluster.local/ns/%s/sa/client]}
 `
 
-// TestAmbient installs the mesh, checks the L4 data path end to end with each redirection
-// backend (switching the cni agents from one to the other as an upgrade would), then
-// uninstalls it.
+// TestAmbient installs the mesh, checks the L4 data path and capture end to end with each
+// redirection backend (switching the cni agents from one to the other as an upgrade would),
+// then uninstalls it.
 func TestAmbient(t *testing.T) {
 	cluster.Require(t, c)
-	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	start := time.Now()
 	backends := []string{"nftables", "ebpf"}
@@ -122,6 +122,7 @@ func TestAmbient(t *testing.T) {
 			// Both ways into the mesh: running pods enrolled when their namespace is
 			// labelled (agent informers), and new pods enrolled during CNI ADD.
 			checkDataPath(ctx, t, i == 0)
+			t.Run("capture", func(t *testing.T) { checkCapture(ctx, t, backend, i) })
 		})
 	}
 
@@ -353,14 +354,19 @@ func waitEnrolled(ctx context.Context, t *testing.T, ns, name string) *corev1.Po
 // runClient runs the echo client in the client pod against url; a payload is sent as a POST
 // body and echoed back.
 func runClient(ctx context.Context, ns, url string, count int, payload string) (smoke.Summary, error) {
+	return runClientIn(ctx, ns, "client", url, count, payload)
+}
+
+// runClientIn runs the echo client in pod against url, one connection per request.
+func runClientIn(ctx context.Context, ns, pod, url string, count int, payload string) (smoke.Summary, error) {
 	args := []string{"/usr/local/bin/echo", "client", "--url", url, "--count", fmt.Sprint(count), "--new-conn", "--timeout", "5s"}
 	if payload != "" {
 		args = append(args, "--payload", payload)
 	}
-	stdout, _, err := c.Exec(ctx, ns, "client", "", args...)
+	stdout, _, err := c.Exec(ctx, ns, pod, "", args...)
 	var s smoke.Summary
 	if jerr := decode(stdout, &s); jerr != nil {
-		return s, fmt.Errorf("echo client against %s: output %q: %w", url, stdout, errors.Join(jerr, err))
+		return s, fmt.Errorf("echo client in %s against %s: output %q: %w", pod, url, stdout, errors.Join(jerr, err))
 	}
 	if err != nil {
 		return s, fmt.Errorf("echo client against %s: %d/%d ok, first error %q: %w", url, s.OK, count, s.FirstError, err)
