@@ -12,7 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/ambit-mesh/ambit/tests/charts"
+	"github.com/ambit-mesh/ambit/ambitctl/install"
 	"github.com/ambit-mesh/ambit/tests/cluster"
 	"github.com/ambit-mesh/ambit/tests/smoke"
 )
@@ -119,12 +119,12 @@ func TestFailOpen(t *testing.T) {
 func failOpenSetAgents(ctx context.Context, m *Mesh, backend string) error {
 	values := cniValues(backend)
 	values["failOpenGracePeriod"] = failOpenGrace
-	doc, err := render(charts.CNI, values)
+	doc, err := render(install.CNI, values)
 	if err != nil {
 		return err
 	}
 	if err := m.c.Apply(ctx, Namespace, doc); err != nil {
-		return fmt.Errorf("applying chart %s: %w", charts.CNI, err)
+		return fmt.Errorf("applying chart %s: %w", install.CNI, err)
 	}
 	m.manifests[m.cni] = doc
 	if _, err := m.c.WaitForDaemonSet(ctx, Namespace, "istio-cni-node", 2*time.Minute); err != nil {

@@ -1,5 +1,5 @@
 // Package mesh installs Ambit's L4 mesh (the istiod-lite, cni and ztunnel Helm charts, rendered
-// with the Helm SDK) on a test cluster and removes it again. Its tests check, in a real
+// by ambitctl's install package) on a test cluster and removes it again. Its tests check, in a real
 // two-node cluster and with each capture backend, that enrolled pods talk through the
 // ztunnels: mTLS identities on both ends, the client's real source address at the server,
 // nothing in clear on the fabric, L4 policy at the destination (DENY, ALLOW, STRICT, open
@@ -20,7 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ambit-mesh/ambit/tests/charts"
+	"github.com/ambit-mesh/ambit/ambitctl/install"
 	"github.com/ambit-mesh/ambit/tests/cluster"
 )
 
@@ -52,11 +52,11 @@ func image(name string) map[string]any {
 }
 
 func render(chart string, values map[string]any) (string, error) {
-	dir, err := charts.Dir(chart)
+	m, err := install.RenderComponent(chart, values)
 	if err != nil {
 		return "", err
 	}
-	return charts.Render(dir, chart, Namespace, values)
+	return m.YAML(), nil
 }
 
 // Install puts the Istio CRDs, istiod-lite, the cni node agent and ztunnel on c, and returns
@@ -76,7 +76,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Mesh, erro
 	if err := c.CreateNamespace(ctx, Namespace, nil); err != nil {
 		return m, err
 	}
-	if err := m.apply(ctx, charts.IstiodLite, image("istiod-lite")); err != nil {
+	if err := m.apply(ctx, install.IstiodLite, image("istiod-lite")); err != nil {
 		return m, err
 	}
 	if _, err := c.WaitForDeployment(ctx, Namespace, "istiod", opts.Timeout); err != nil {
@@ -88,7 +88,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Mesh, erro
 	}
 	m.IstiodIP = svc.Spec.ClusterIP
 
-	if err := m.apply(ctx, charts.CNI, cniValues(opts.Backend)); err != nil {
+	if err := m.apply(ctx, install.CNI, cniValues(opts.Backend)); err != nil {
 		return m, err
 	}
 	// The test cluster has no DNS: ztunnel reaches istiod-lite by its ClusterIP and still
@@ -96,7 +96,7 @@ func Install(ctx context.Context, c *cluster.Cluster, opts Options) (*Mesh, erro
 	ztValues := image("ztunnel")
 	ztValues["xdsAddress"] = m.IstiodIP + ":15012"
 	ztValues["caAddress"] = m.IstiodIP + ":15012"
-	if err := m.apply(ctx, charts.Ztunnel, ztValues); err != nil {
+	if err := m.apply(ctx, install.Ztunnel, ztValues); err != nil {
 		return m, err
 	}
 	for _, ds := range []struct{ name, selector string }{{"istio-cni-node", "k8s-app=istio-cni-node"}, {"ztunnel", "app=ztunnel"}} {
@@ -117,12 +117,12 @@ func cniValues(backend string) map[string]any {
 // cni chart would, and returns once the new agents are Ready. Pods enrolled before keep the
 // old backend's redirection until they end.
 func (m *Mesh) SetBackend(ctx context.Context, backend string, timeout time.Duration) error {
-	doc, err := render(charts.CNI, cniValues(backend))
+	doc, err := render(install.CNI, cniValues(backend))
 	if err != nil {
 		return err
 	}
 	if err := m.c.Apply(ctx, Namespace, doc); err != nil {
-		return fmt.Errorf("applying chart %s: %w", charts.CNI, err)
+		return fmt.Errorf("applying chart %s: %w", install.CNI, err)
 	}
 	m.manifests[m.cni] = doc
 	if _, err := m.c.WaitForDaemonSet(ctx, Namespace, "istio-cni-node", timeout); err != nil {
@@ -136,7 +136,7 @@ func (m *Mesh) apply(ctx context.Context, chart string, values map[string]any) e
 	if err != nil {
 		return err
 	}
-	if chart == charts.CNI {
+	if chart == install.CNI {
 		m.cni = len(m.manifests)
 	}
 	m.manifests = append(m.manifests, doc)
