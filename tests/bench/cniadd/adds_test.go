@@ -1,0 +1,200 @@
+package cniadd
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambit-mesh/ambit/tests/bench/cniadd/cnitime"
+	"github.com/ambit-mesh/ambit/tests/cluster"
+)
+
+// The two namespaces of a measurement.
+const (
+	variantEnrolled = "enrolled"
+	variantPlain    = "not enrolled"
+)
+
+// addResult is the CNI ADD timing of one backend and namespace.
+type addResult struct {
+	backend, variant string
+	chain            []time.Duration // per sandbox: the sum of its plugins' ADD calls
+	plugin           []time.Duration // per sandbox: ambit-cni's ADD call
+	failed           int             // sandboxes with a failed ADD (the kubelet retried them)
+}
+
+func listOptions(selector string) metav1.ListOptions {
+	return metav1.ListOptions{LabelSelector: selector}
+}
+
+// podFor is a pod whose only container is the pause program: the sandbox is what is
+// measured, the container adds as little as possible.
+func podFor(name, node string) *corev1.Pod {
+	zero := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "cniadd"}},
+		Spec: corev1.PodSpec{
+			NodeName:                      node,
+			TerminationGracePeriodSeconds: &zero,
+			Containers:                    []corev1.Container{{Name: "pause", Image: "ambit.local/pause:dev", ImagePullPolicy: corev1.PullNever}},
+		},
+	}
+}
+
+// measureAdds creates podsPerVariant pods in an enrolled namespace and as many in a plain one,
+// interleaved so that both see the same load, each deleted once it runs, and reads the
+// plugins' timings from the nodes.
+func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
+	nss := map[string]string{
+		variantEnrolled: "cniadd-" + backend + "-enrolled",
+		variantPlain:    "cniadd-" + backend + "-plain",
+	}
+	if err := c.CreateNamespace(ctx, nss[variantEnrolled], map[string]string{"istio.io/dataplane-mode": "ambient"}); err != nil {
+		return nil, err
+	}
+	if err := c.CreateNamespace(ctx, nss[variantPlain], nil); err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, ns := range nss {
+			c.DeleteNamespace(context.WithoutCancel(ctx), ns)
+		}
+	}()
+
+	type job struct {
+		variant, name, node string
+	}
+	jobs := make(chan job)
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards errs
+	var errs []error
+	for range podWorkers {
+		wg.Go(func() {
+			for j := range jobs {
+				if err := runPod(ctx, nss[j.variant], j.name, j.node, j.variant == variantEnrolled); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range 2 * podsPerVariant {
+		v := []string{variantEnrolled, variantPlain}[i%2]
+		jobs <- job{variant: v, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name}
+	}
+	close(jobs)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	calls, err := readCalls(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []addResult
+	for _, variant := range []string{variantEnrolled, variantPlain} {
+		r := addResult{backend: backend, variant: variant}
+		type sandbox struct {
+			total, plugin time.Duration
+			failed        bool
+		}
+		sandboxes := map[string]*sandbox{}
+		for _, call := range calls {
+			if call.Command != "ADD" || call.Namespace != nss[variant] {
+				continue
+			}
+			s := sandboxes[call.ContainerID]
+			if s == nil {
+				s = &sandbox{}
+				sandboxes[call.ContainerID] = s
+			}
+			d := time.Duration(call.Nanos)
+			s.total += d
+			if call.Plugin == "ambit-cni" {
+				s.plugin = d
+			}
+			if call.ExitCode != 0 {
+				s.failed = true
+			}
+		}
+		for _, s := range sandboxes {
+			if s.failed {
+				r.failed++
+				continue
+			}
+			r.chain = append(r.chain, s.total)
+			r.plugin = append(r.plugin, s.plugin)
+		}
+		if len(r.chain) < podsPerVariant {
+			return nil, fmt.Errorf("%s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, variant, len(r.chain), podsPerVariant)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// runPod creates a pod, waits until it runs (its sandbox, network included, is up), checks
+// that the agent enrolled it exactly when it should, and deletes it.
+func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
+	pods := c.Client.CoreV1().Pods(ns)
+	if _, err := pods.Create(ctx, podFor(name, node), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating pod %s/%s: %w", ns, name, err)
+	}
+	var pod *corev1.Pod
+	err := c.Wait(ctx, 2*time.Minute, "pod "+ns+"/"+name+" running", func(ctx context.Context) (bool, error) {
+		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		pod = p
+		if problem := cluster.PodProblem(p); problem != "" {
+			return false, errors.New(problem)
+		}
+		return p.Status.Phase == corev1.PodRunning, nil
+	})
+	if err != nil {
+		return err
+	}
+	// The agent annotates enrolled pods before their ADD returns.
+	if got := pod.Annotations["ambient.istio.io/redirection"] == "enabled"; got != enrolled {
+		return fmt.Errorf("pod %s/%s: enrolled %v; want %v (annotations %v)", ns, name, got, enrolled, pod.Annotations)
+	}
+	if err := pods.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("deleting pod %s/%s: %w", ns, name, err)
+	}
+	return nil
+}
+
+// readCalls reads every node's cnitime log.
+func readCalls(ctx context.Context) ([]cnitime.Call, error) {
+	var calls []cnitime.Call
+	for _, n := range c.Nodes {
+		cmd, err := c.NodeCommand(n.Name, "cat", cnitime.LogPath)
+		if err != nil {
+			return nil, err
+		}
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("reading %s on %s: %w", cnitime.LogPath, n.Name, err)
+		}
+		sc := bufio.NewScanner(strings.NewReader(string(out)))
+		for sc.Scan() {
+			var call cnitime.Call
+			if err := json.Unmarshal(sc.Bytes(), &call); err != nil {
+				return nil, fmt.Errorf("%s on %s: line %q: %w", cnitime.LogPath, n.Name, sc.Text(), err)
+			}
+			calls = append(calls, call)
+		}
+	}
+	return calls, ctx.Err()
+}
