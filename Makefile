@@ -126,9 +126,14 @@ generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate 
 	cp "$$($(GO) list -m -f '{{.Dir}}' istio.io/api)/kubernetes/customresourcedefinitions.gen.yaml" \
 		deploy/charts/base/files/crd-all.gen.yaml
 	chmod 644 deploy/charts/base/files/crd-all.gen.yaml
+	@# The Gateway API CRDs (standard channel, without its admission policy), from the
+	@# sigs.k8s.io/gateway-api version pinned in go.mod.
+	d="$$($(GO) list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api)/config/crd/standard"; \
+	for f in $$(ls "$$d"/gateway.networking.k8s.io_*.yaml | grep -v _vap_ | LC_ALL=C sort); do \
+		echo "---"; cat "$$f"; done > deploy/charts/gateway-api/files/standard-crds.gen.yaml
 
 check-generate: generate ## fail if the committed generated files are not what make generate produces
-	@out=$$(git status --porcelain api/ bpf/ deploy/charts/base/files/); if [ -n "$$out" ]; then \
+	@out=$$(git status --porcelain api/ bpf/ deploy/charts/base/files/ deploy/charts/gateway-api/files/); if [ -n "$$out" ]; then \
 		echo "generated files differ from the committed tree after make generate: run make generate and commit the result"; \
 		echo "$$out"; exit 1; fi
 
@@ -161,7 +166,7 @@ images: ## build the image archives into .cache/images
 # Tests. Packages that start a test cluster run one at a time (-p 1): each cluster takes most
 # of a 2-core machine while it starts.
 TEST_FLAGS ?= -timeout 30m
-E2E_DIRS    := tests/smoke tests/istiodlite tests/mesh
+E2E_DIRS    := tests/smoke tests/istiodlite tests/mesh tests/demo
 # Fuzz targets (package:Func) that every test run exercises for FUZZ_TIME.
 FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy \
 	internal/hbone:FuzzParseRequest internal/hbone:FuzzFrames internal/zds:FuzzDecode \
@@ -233,7 +238,7 @@ lint: $(BIN)/golangci-lint-$(GOLANGCI_LINT_VERSION) ## gofmt, go vet and golangc
 DEMO_FLAGS ?=
 
 demo: tools images ## start a local 2-node cluster and show the scenario working (needs root)
-	$(GO) run ./tests/demo $(DEMO_FLAGS)
+	$(GO) run ./tests/demo/cmd/demo $(DEMO_FLAGS)
 
 clean: ## remove built binaries and images (the Go build cache stays)
 	rm -rf $(CACHE) bin

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -287,8 +288,13 @@ func ztunnelConfigCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:       "ztunnel-config workloads|services|policies|certificates [--node NODE] [-o table|json]",
 		Short:     "Show what the ztunnels know",
-		Args:      cobra.MatchAll(cobra.ExactArgs(1), cobra.OnlyValidArgs),
 		ValidArgs: zconfig.Sections,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 || !slices.Contains(zconfig.Sections, args[0]) {
+				return fmt.Errorf("ztunnel-config: name one section: %s", strings.Join(zconfig.Sections, ", "))
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("-o %q: want table or json", output)

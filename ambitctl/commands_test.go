@@ -23,7 +23,8 @@ func TestBadInputIsRefusedWithTheChoices(t *testing.T) {
 	}{
 		{[]string{"install", "--set", "profile=demo"}, "profiles are ambient, minimal"},
 		{[]string{"manifest", "generate", "--set", "values.istiod-lite.replica=2"}, "values.istiod-lite.replicas"},
-		{[]string{"ztunnel-config", "clusters"}, `invalid argument "clusters"`},
+		{[]string{"ztunnel-config", "clusters"}, "workloads, services, policies, certificates"},
+		{[]string{"ztunnel-config"}, "name one section"},
 		{[]string{"ztunnel-config", "workloads", "-o", "yaml"}, "want table or json"},
 		{[]string{"waypoint", "delete", "a", "--all"}, "not both"},
 	} {

@@ -45,6 +45,11 @@ func NewKube(cfg *rest.Config) (*Kube, error) {
 	// Listing every kind (Leftovers) touches deprecated ones; their warnings say nothing to
 	// an ambitctl user.
 	cfg.WarningHandler = rest.NoWarnings{}
+	// client-go's default of 5 requests a second made the leftover check (a list per kind)
+	// take half a minute.
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = 50, 100
+	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("creating Kubernetes client: %w", err)

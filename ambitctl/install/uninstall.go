@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -265,15 +266,35 @@ func Leftovers(ctx context.Context, k *Kube) ([]string, error) {
 			}
 		}
 	}
+	// Every kind for ambitctl's and istiod-lite's labels, a few lists at a time (a cluster
+	// serves about 60 kinds); NamespaceLabel is only ever on a Namespace.
+	type query struct {
+		gvr      schema.GroupVersionResource
+		selector string
+	}
+	var queries []query
+	for _, gvr := range kinds {
+		queries = append(queries, query{gvr, ComponentLabel}, query{gvr, istiodManaged})
+	}
+	queries = append(queries, query{schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}, NamespaceLabel})
+	found := make([][]string, len(queries))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i, q := range queries {
+		g.Go(func() error {
+			objs, err := labelled(gctx, k, []schema.GroupVersionResource{q.gvr}, q.selector)
+			for _, o := range objs {
+				found[i] = append(found[i], fmt.Sprintf("%s %s (label %s)", o.GetKind(), objectName(o), q.selector))
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	var out []string
-	for _, sel := range []string{ComponentLabel, NamespaceLabel, istiodManaged} {
-		objs, err := labelled(ctx, k, kinds, sel)
-		if err != nil {
-			return nil, err
-		}
-		for _, o := range objs {
-			out = append(out, fmt.Sprintf("%s %s (label %s)", o.GetKind(), objectName(o), sel))
-		}
+	for _, f := range found {
+		out = append(out, f...)
 	}
 	crds, err := k.Dynamic.Resource(crdResource).List(ctx, metav1.ListOptions{})
 	if err != nil {
