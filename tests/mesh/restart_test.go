@@ -1,0 +1,310 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// probeAddr is where the node agent SNATs kubelet probes to (DESIGN.md section 5).
+const probeAddr = "169.254.7.127"
+
+// captureState is what the backend installed in a pod's netns: nftables rules and ip rules.
+func (cp *capture) captureState(t *testing.T, pod *corev1.Pod) string {
+	t.Helper()
+	nft, err := inPodNetns(pod, "nft", "list", "ruleset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := inPodNetns(pod, "ip", "rule", "list")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := nft + rules
+	want := map[string]string{"nftables": "table ip ambit", "ebpf": "lookup 101"}[cp.backend]
+	if !strings.Contains(state, want) {
+		t.Fatalf("pod %s's netns lacks the %s backend's %q:\n%s", pod.Name, cp.backend, want, state)
+	}
+	return state
+}
+
+// agentLoop keeps one connection echoing and opens new ones from the client's netns until
+// its context ends, and counts the round trips that worked.
+type agentLoop struct {
+	// mu guards the fields below.
+	mu    sync.Mutex
+	ok    int
+	err   error
+	errAt int // ok when err happened
+}
+
+func (l *agentLoop) run(ctx context.Context, open *echoConn, fresh func() error) {
+	for ctx.Err() == nil {
+		err := open.roundTrip("steady")
+		if err == nil {
+			err = fresh()
+		}
+		l.mu.Lock()
+		if err != nil {
+			if ctx.Err() == nil {
+				l.err, l.errAt = err, l.ok
+			}
+			l.mu.Unlock()
+			return
+		}
+		l.ok++
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (l *agentLoop) count() (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ok, l.err
+}
+
+func (cp *capture) checkAgentRestart(ctx context.Context, t *testing.T) {
+	client := cp.pods["client"]
+	h, err := podNetNS(client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	addr := net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000")
+	open, err := dialEcho(ctx, h, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	rulesBefore := cp.captureState(t, client)
+
+	loopCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	loop := &agentLoop{}
+	wg.Go(func() { loop.run(loopCtx, open, func() error { return echoOnce(loopCtx, h, addr) }) })
+	defer func() { stop(); wg.Wait() }()
+
+	old, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=istio-cni-node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldUIDs := map[types.UID]bool{}
+	for _, p := range old.Items {
+		oldUIDs[p.UID] = true
+	}
+	before, _ := loop.count()
+	for _, p := range old.Items {
+		if err := c.Client.CoreV1().Pods(Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("deleting agent %s: %v", p.Name, err)
+		}
+	}
+	err = c.Wait(ctx, 2*time.Minute, "new cni agents Ready on every node", func(ctx context.Context) (bool, error) {
+		list, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=istio-cni-node"})
+		if err != nil || len(list.Items) != len(c.Nodes) {
+			return false, nil
+		}
+		for _, p := range list.Items {
+			if oldUIDs[p.UID] || readySince(&p).Time.IsZero() {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "k8s-app=istio-cni-node"))
+	}
+	during, loopErr := loop.count()
+	// Some more rounds with the new agents in charge.
+	err = c.Wait(ctx, 30*time.Second, "traffic after the agent restart", func(ctx context.Context) (bool, error) {
+		n, err := loop.count()
+		return n >= during+5 || err != nil, nil
+	})
+	stop()
+	wg.Wait()
+	after, loopErr := loop.count()
+	if loopErr != nil {
+		t.Fatalf("captured traffic broke during the agent restart after %d good rounds (%d before the agents were deleted, %d when the new ones were Ready): %v%s",
+			loop.errAt, before, during, loopErr, Diagnose(ctx, c, "k8s-app=istio-cni-node"))
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if during == before {
+		t.Errorf("no round trip completed while the agents were restarting; the check saw nothing")
+	}
+	t.Logf("%d round trips (the open connection and a new one each) while the agents restarted, %d in all, none failed", during-before, after)
+	if err := open.roundTrip("still"); err != nil {
+		t.Errorf("the connection opened before the agent restart: %v", err)
+	}
+	if rulesAfter := cp.captureState(t, client); rulesAfter != rulesBefore {
+		t.Errorf("the client's capture changed across the agent restart:\nbefore:\n%s\nafter:\n%s", rulesBefore, rulesAfter)
+	}
+	agent, err := meshPod(ctx, "k8s-app=istio-cni-node", cp.clientNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs, err := c.Logs(ctx, Namespace, agent.Name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs, "recovered enrolled pods from a previous agent") || !strings.Contains(logs, "backend="+cp.backend) {
+		t.Errorf("the new agent on %s does not say it recovered the enrolled pods with the %s backend:\n%s", cp.clientNode, cp.backend, logs)
+	}
+	// Each ztunnel kept serving its node's enrolled pods through the agents' replay: an open
+	// connection rides a pooled tunnel, so only the ztunnels' own word shows a pod dropped.
+	for node, apps := range map[string][]string{cp.clientNode: {"client", "other"}, cp.serverNode: {"server"}} {
+		zt, err := ztunnelPod(ctx, node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ztLogs, err := c.Logs(ctx, Namespace, zt.Name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, app := range apps {
+			if uid := string(cp.pods[app].UID); logLine(ztLogs, "pod removed", uid) || logLine(ztLogs, "no longer served", uid) {
+				t.Errorf("ztunnel %s on %s dropped pod %s during the agent restart", zt.Name, node, app)
+			}
+		}
+		agent, err := meshPod(ctx, "k8s-app=istio-cni-node", node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		agentLogs, err := c.Logs(ctx, Namespace, agent.Name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if logLine(agentLogs, "ztunnel refused a replayed pod", cp.ns) {
+			t.Errorf("ztunnel on %s refused pods the new agent replayed:\n%s", node, agentLogs)
+		}
+	}
+	if p, err := c.Client.CoreV1().Pods(cp.ns).Get(ctx, "client", metav1.GetOptions{}); err != nil || p.Annotations["ambient.istio.io/redirection"] != "enabled" {
+		t.Errorf("the client pod lost its redirection annotation (%v)", err)
+	}
+}
+
+func (cp *capture) checkProbes(ctx context.Context, t *testing.T) {
+	// Under STRICT a probe that went through ztunnel's plaintext port would be refused and
+	// the server would turn NotReady: it must have stayed Ready since before it was enrolled.
+	server, err := c.Client.CoreV1().Pods(cp.ns).Get(ctx, "server", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if since := readySince(server); since.Time.IsZero() || !since.Time.Equal(cp.serverReadySince.Time) {
+		t.Errorf("server Ready since %v; want Ready without a break since %v, before enrolment", since, cp.serverReadySince)
+	}
+	// And no connection from the node reached ztunnel: neither from the probe address nor
+	// from the node's own addresses (an unSNATed probe).
+	zt, err := ztunnelPod(ctx, cp.serverNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var node netip.Addr
+	var gateway netip.Addr
+	for _, n := range c.Nodes {
+		if n.Name == cp.serverNode {
+			node, _ = netip.AddrFromSlice(n.IP.To4())
+			prefix, _ := netip.ParsePrefix(n.PodCIDR.String())
+			gateway = prefix.Addr().Next()
+		}
+	}
+	for _, src := range []string{probeAddr, node.String(), gateway.String()} {
+		if logLine(logs, "src.addr="+src+":") || logLine(logs, "src="+src+":") {
+			t.Errorf("ztunnel %s saw a connection from %s (the kubelet's probes must bypass it)", zt.Name, src)
+		}
+	}
+	if !logLine(logs, "connection complete", "dst.addr="+server.Status.PodIP+":") {
+		t.Errorf("ztunnel %s logged no connection to the server at all; the check would see nothing", zt.Name)
+	}
+}
+
+// certStatus is an entry of ztunnel's certificates config dump.
+type certStatus struct {
+	Identity string `json:"identity"`
+	Ready    bool   `json:"ready"`
+}
+
+func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
+	old, err := ztunnelPod(ctx, cp.clientNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.CoreV1().Pods(Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var zt *corev1.Pod
+	err = c.Wait(ctx, 2*time.Minute, "a new ztunnel Ready on "+cp.clientNode, func(ctx context.Context) (bool, error) {
+		list, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel", FieldSelector: "spec.nodeName=" + cp.clientNode})
+		if err != nil || len(list.Items) != 1 || list.Items[0].UID == old.UID || readySince(&list.Items[0]).Time.IsZero() {
+			return false, nil
+		}
+		zt = &list.Items[0]
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	// The agent replayed every enrolled pod of the node to the new ztunnel, and nothing else.
+	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, app := range []string{"client", "other"} {
+		if !logLine(logs, "pod added", string(cp.pods[app].UID)) {
+			t.Errorf("the new ztunnel %s was not given pod %s:\n%s", zt.Name, app, logs)
+		}
+	}
+	for _, app := range []string{"optout", "hostnet"} {
+		if logLine(logs, "pod added", string(cp.pods[app].UID)) {
+			t.Errorf("the new ztunnel %s was given pod %s, which is not in the mesh", zt.Name, app)
+		}
+	}
+	// Its config dump has the replayed pods' certificates.
+	want := []string{cp.clientID, "spiffe://cluster.local/ns/" + cp.ns + "/sa/other"}
+	var certs []certStatus
+	err = c.Wait(ctx, 30*time.Second, "the replayed pods' certificates in the config dump", func(ctx context.Context) (bool, error) {
+		b, err := ztunnelAdmin(ctx, zt, "/config_dump?section=certificates")
+		if err != nil || json.Unmarshal(b, &certs) != nil {
+			return false, nil
+		}
+		for _, id := range want {
+			if !slices.ContainsFunc(certs, func(s certStatus) bool { return s.Identity == id && s.Ready }) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Errorf("%v: got %+v; want %v ready", err, certs, want)
+	}
+	// And the pods are served again, through the new ztunnel.
+	var last error
+	err = c.Wait(ctx, 30*time.Second, "client -> server through the new ztunnel", func(ctx context.Context) (bool, error) {
+		_, last = runClientIn(ctx, cp.ns, "client", cp.serverURL, 3, "")
+		return last == nil, nil
+	})
+	if err != nil {
+		t.Fatalf("%v: %v%s", err, last, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	if _, err := waitMetric(ctx, cp.clientNode, "istio_tcp_connections_opened_total", cp.clientID, cp.serverID, `connection_security_policy="mutual_tls"`); err != nil {
+		t.Errorf("the new ztunnel on %s: %v", cp.clientNode, err)
+	}
+}
