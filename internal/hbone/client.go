@@ -191,7 +191,8 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	tc := tls.Client(nc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
+	bc := &batchConn{Conn: nc}
+	tc := tls.Client(bc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -206,6 +207,7 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		idleTimeout:  p.cfg.IdleTimeout,
 		onClose:      func(c *conn) { p.remove(key, c) },
 	})
+	c.batch = bc
 	c.reserved = 1
 	p.mu.Lock()
 	if p.closed {

@@ -79,7 +79,8 @@ type connConfig struct {
 // conn is one HBONE connection (either side): an HTTP/2 connection that only
 // carries CONNECT streams.
 type conn struct {
-	nc     net.Conn // the TLS connection
+	nc     net.Conn   // the TLS connection
+	batch  *batchConn // under nc, if the caller put one there; gathers a flush's records
 	client bool
 	peer   identity.Identity
 	cfg    connConfig
@@ -188,12 +189,22 @@ func (c *conn) start() error {
 }
 
 // releaseWrite gives up the write lock after a failed write, without flushing.
-func (c *conn) releaseWrite() { c.wmu.Unlock() }
+func (c *conn) releaseWrite() {
+	if c.batch != nil {
+		c.batch.end()
+	}
+	c.wmu.Unlock()
+}
 
+// lockWrite takes the write lock and opens a batch: the TLS records written
+// until the flush leave in one syscall.
 func (c *conn) lockWrite() {
 	c.wwait.Add(1)
 	c.wmu.Lock()
 	c.wwait.Add(-1)
+	if c.batch != nil {
+		c.batch.begin()
+	}
 }
 
 // unlockWrite flushes unless another writer is queued (it will flush), so
@@ -202,6 +213,11 @@ func (c *conn) unlockWrite() error {
 	var err error
 	if c.wwait.Load() == 0 {
 		err = c.bw.Flush()
+		if c.batch != nil {
+			if berr := c.batch.end(); err == nil {
+				err = berr
+			}
+		}
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -389,6 +405,9 @@ func (c *conn) shutdown(code http2.ErrCode, err error) {
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
 		if c.wfr.WriteGoAway(last, code, nil) == nil {
 			c.bw.Flush()
+		}
+		if c.batch != nil {
+			c.batch.end()
 		}
 		c.wmu.Unlock()
 	}

@@ -31,7 +31,7 @@
 // reads DATA payloads straight into per-stream buffers that grow with the flow
 // and are pooled (an idle stream holds none), and lets concurrent streams
 // share one buffered TLS write: a writer flushes only when no other writer is
-// queued behind it. It honours the peer's settings, PINGs
-// every 10 s and closes a connection whose PING is unanswered for 20 s. It
+// queued behind it, and the TLS records of one flush leave in one syscall.
+// It honours the peer's settings, PINGs every 10 s and closes a connection whose PING is unanswered for 20 s. It
 // interoperates with golang.org/x/net/http2 in both directions.
 package hbone

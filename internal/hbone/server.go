@@ -266,7 +266,8 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	tc := tls.Server(nc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
+	bc := &batchConn{Conn: nc}
+	tc := tls.Server(bc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -285,6 +286,7 @@ func (s *Server) serveConn(nc net.Conn) {
 		pingTimeout:  s.cfg.PingTimeout,
 		maxStreams:   s.cfg.MaxConcurrentStreams,
 	})
+	c.batch = bc
 	c.srv = s
 	// The preface is read under the handshake deadline.
 	var preface [len(http2.ClientPreface)]byte
