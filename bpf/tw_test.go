@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"bufio"
+	"io"
 	"context"
 	"net"
 	"net/netip"
@@ -60,7 +61,11 @@ func TestTimeWaitReuse(t *testing.T) {
 				t.Fatalf("%s: dial %d: %v", c.name, i, err)
 			}
 			conn.SetDeadline(time.Now().Add(5 * time.Second))
-			line, err := bufio.NewReader(conn).ReadString('\n')
+			br := bufio.NewReader(conn)
+			line, err := br.ReadString('\n')
+			// Close only after the server has: the side that closes first holds the
+			// time-wait, and it must be the pod's listener.
+			io.Copy(io.Discard, br)
 			conn.Close()
 			if err != nil || !strings.HasPrefix(line, c.want) {
 				t.Errorf("%s: connection %d got %q, %v; want %q", c.name, i, line, err, c.want)
