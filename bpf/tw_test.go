@@ -2,8 +2,8 @@ package bpf
 
 import (
 	"bufio"
-	"io"
 	"context"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
