@@ -182,12 +182,18 @@ func checkBackend(ctx context.Context, t *testing.T, backend string) {
 		t.Fatal(err)
 	}
 	for _, a := range agents.Items {
-		logs, err := c.Logs(ctx, Namespace, a.Name, "")
-		if err != nil {
-			t.Fatal(err)
+		if a.DeletionTimestamp != nil {
+			continue // an agent of the previous rollout, on its way out
 		}
-		if !strings.Contains(logs, "backend="+backend) {
-			t.Fatalf("cni agent %s on %s does not say it runs the %s backend:\n%s", a.Name, a.Spec.NodeName, backend, logs)
+		// A Ready agent may not have flushed its first lines to the log yet.
+		var logs string
+		err := c.Wait(ctx, 30*time.Second, "cni agent "+a.Name+" naming its backend", func(ctx context.Context) (bool, error) {
+			var err error
+			logs, err = c.Logs(ctx, Namespace, a.Name, "")
+			return err == nil && strings.Contains(logs, "backend="+backend), nil
+		})
+		if err != nil {
+			t.Fatalf("cni agent %s on %s does not say it runs the %s backend: %v\n%s", a.Name, a.Spec.NodeName, backend, err, logs)
 		}
 	}
 }
