@@ -100,7 +100,7 @@ func installComponent(ctx context.Context, k *Kube, s Settings, comp string, opt
 	if err != nil {
 		return err
 	}
-	objs, err := decode(m.YAML())
+	objs, err := Decode(m.YAML())
 	if err != nil {
 		return fmt.Errorf("rendered chart %s: %w", comp, err)
 	}

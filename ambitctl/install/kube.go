@@ -77,7 +77,7 @@ func (k *Kube) Reachable(ctx context.Context) (string, error) {
 }
 
 // decode splits a multi-document YAML into objects.
-func decode(doc string) ([]*unstructured.Unstructured, error) {
+func Decode(doc string) ([]*unstructured.Unstructured, error) {
 	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewBufferString(doc), 4096)
 	var out []*unstructured.Unstructured
 	for i := 1; ; i++ {

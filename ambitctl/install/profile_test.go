@@ -77,7 +77,7 @@ func TestRenderAmbient(t *testing.T) {
 	kinds := map[string]int{}
 	var images []string
 	for _, m := range ms {
-		objs, err := decode(m.YAML())
+		objs, err := Decode(m.YAML())
 		if err != nil {
 			t.Fatalf("%s: %v", m.Component, err)
 		}
@@ -119,4 +119,19 @@ func toStrings(v any) []string {
 		out = append(out, x.(string))
 	}
 	return out
+}
+
+func TestDecode(t *testing.T) {
+	objs, err := Decode("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs) != 2 || objs[0].GetName() != "a" || objs[1].GetKind() != "Service" {
+		t.Fatalf("Decode = %v; want ConfigMap a and Service b", objs)
+	}
+	for _, bad := range []string{"kind: ConfigMap\nmetadata: {name: a}\n", "apiVersion: v1\nkind: [\n"} {
+		if _, err := Decode(bad); err == nil {
+			t.Errorf("Decode(%q) succeeded; want an error", bad)
+		}
+	}
 }

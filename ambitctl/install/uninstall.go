@@ -77,7 +77,7 @@ func installedKinds(k *Kube) ([]schema.GroupVersionResource, error) {
 		if err != nil {
 			return nil, err
 		}
-		objs, err := decode(m.YAML())
+		objs, err := Decode(m.YAML())
 		if err != nil {
 			return nil, err
 		}

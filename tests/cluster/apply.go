@@ -1,23 +1,21 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+
+	"github.com/ambit-mesh/ambit/ambitctl/install"
 )
 
 // fieldManager names the harness as the owner of the fields it applies.
@@ -39,30 +37,6 @@ func newApplier(cfg *rest.Config) (*applier, error) {
 		return nil, fmt.Errorf("creating discovery client: %w", err)
 	}
 	return &applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}, nil
-}
-
-// decode splits a multi-document YAML into objects.
-func decode(doc string) ([]*unstructured.Unstructured, error) {
-	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewBufferString(doc), 4096)
-	var out []*unstructured.Unstructured
-	for i := 1; ; i++ {
-		var obj map[string]any
-		err := dec.Decode(&obj)
-		if errors.Is(err, io.EOF) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, fmt.Errorf("decoding YAML document %d: %w", i, err)
-		}
-		if len(obj) == 0 {
-			continue
-		}
-		u := &unstructured.Unstructured{Object: obj}
-		if u.GetKind() == "" || u.GetAPIVersion() == "" {
-			return nil, fmt.Errorf("YAML document %d has no kind or apiVersion", i)
-		}
-		out = append(out, u)
-	}
 }
 
 // resource finds the client for obj, defaulting its namespace.
@@ -88,7 +62,7 @@ func (a *applier) resource(obj *unstructured.Unstructured, namespace string) (dy
 
 // each calls fn for every object of a multi-document YAML with the object's resource client.
 func (a *applier) each(namespace, doc string, fn func(dynamic.ResourceInterface, *unstructured.Unstructured) error) error {
-	objs, err := decode(doc)
+	objs, err := install.Decode(doc)
 	if err != nil {
 		return err
 	}

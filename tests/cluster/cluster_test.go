@@ -9,21 +9,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-func TestDecode(t *testing.T) {
-	objs, err := decode("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(objs) != 2 || objs[0].GetName() != "a" || objs[1].GetKind() != "Service" {
-		t.Fatalf("decode = %v; want ConfigMap a and Service b", objs)
-	}
-	for _, bad := range []string{"kind: ConfigMap\nmetadata: {name: a}\n", "apiVersion: v1\nkind: [\n"} {
-		if _, err := decode(bad); err == nil {
-			t.Errorf("decode(%q) succeeded; want an error", bad)
-		}
-	}
-}
-
 func TestPodProblem(t *testing.T) {
 	waiting := func(reason string) *corev1.Pod {
 		return &corev1.Pod{
