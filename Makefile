@@ -11,6 +11,17 @@ BIN     := $(CACHE)/bin
 IMAGES  := $(CACHE)/images
 GO      ?= go
 
+# One build configuration for everything but the race detector: static and with trimmed paths,
+# which the images and the node binaries need anyway. vet, the fuzz and end-to-end test binaries
+# and the images then share one compiled dependency graph, so a cold `make test` compiles
+# client-go and the rest once for them all, and once more with -race for the unit tests.
+export CGO_ENABLED := 0
+export GOFLAGS     := -trimpath $(GOFLAGS)
+RACE_TEST          := CGO_ENABLED=1 $(GO) test -race
+
+# Each build and test phase prints when it starts, so a CI log shows where a cold run's time goes.
+PHASE := @echo == $$(date -u +%T)
+
 # Pinned versions of what the test cluster runs. Kubernetes and etcd are pinned in
 # tests/tools/k8s/go.mod, containerd in tests/tools/containerd/go.mod.
 K8S_VERSION         := v1.34.4
@@ -58,8 +69,8 @@ tools: deps $(K8S_STAMP) $(CONTAINERD_STAMP) $(RUNC_STAMP) $(CNI_STAMP) ## build
 
 $(K8S_STAMP):
 	@mkdir -p $(BIN)
-	@echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $(K8S_VERSION) and etcd"
-	cd tests/tools/k8s && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(K8S_LDFLAGS)' -o $(BIN)/ \
+	$(PHASE) building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl $(K8S_VERSION) and etcd
+	cd tests/tools/k8s && $(GO) build -ldflags '$(K8S_LDFLAGS)' -o $(BIN)/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 		k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
 		k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl ./etcd
@@ -67,8 +78,8 @@ $(K8S_STAMP):
 
 $(CONTAINERD_STAMP):
 	@mkdir -p $(BIN)
-	@echo "building containerd, containerd-shim-runc-v2 and ctr"
-	cd tests/tools/containerd && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ \
+	$(PHASE) building containerd, containerd-shim-runc-v2 and ctr
+	cd tests/tools/containerd && $(GO) build -ldflags '-s -w' -o $(BIN)/ \
 		github.com/containerd/containerd/v2/cmd/containerd \
 		github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
 		github.com/containerd/containerd/v2/cmd/ctr
@@ -76,14 +87,14 @@ $(CONTAINERD_STAMP):
 
 $(RUNC_STAMP): | deps
 	@mkdir -p $(BIN)
-	@echo "building runc $(RUNC_VERSION)"
-	GOBIN=$(BIN) CGO_ENABLED=1 $(GO) install -trimpath -tags seccomp -ldflags '-s -w' github.com/opencontainers/runc@$(RUNC_VERSION)
+	$(PHASE) building runc $(RUNC_VERSION)
+	GOBIN=$(BIN) CGO_ENABLED=1 $(GO) install -tags seccomp -ldflags '-s -w' github.com/opencontainers/runc@$(RUNC_VERSION)
 	@rm -f $(BIN)/.runc-* && touch $@
 
 $(CNI_STAMP):
 	@mkdir -p $(BIN)/cni
-	@echo "building CNI plugins $(CNI_PLUGINS_VERSION)"
-	GOBIN=$(BIN)/cni CGO_ENABLED=0 $(GO) install -trimpath -ldflags '-s -w' \
+	$(PHASE) building CNI plugins $(CNI_PLUGINS_VERSION)
+	GOBIN=$(BIN)/cni $(GO) install -ldflags '-s -w' \
 		github.com/containernetworking/plugins/plugins/main/bridge@$(CNI_PLUGINS_VERSION) \
 		github.com/containernetworking/plugins/plugins/ipam/host-local@$(CNI_PLUGINS_VERSION) \
 		github.com/containernetworking/plugins/plugins/main/loopback@$(CNI_PLUGINS_VERSION) \
@@ -111,6 +122,7 @@ $(PROTOC_GEN_GO_GRPC_STAMP):
 
 
 generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate api/ (protobufs), bpf/ (eBPF objects) and the CRDs
+	$(PHASE) make generate
 	@have=$$(protoc --version); if [ "$$have" != "libprotoc $(PROTOC_VERSION)" ]; then \
 		echo "protoc: found \"$$have\", want libprotoc $(PROTOC_VERSION) (Debian bookworm protobuf-compiler)"; exit 1; fi
 	find api -name '*.pb.go' -delete
@@ -147,13 +159,14 @@ IMAGE_APPS  := pause:tests/apps/pause echo:tests/apps/echo istiod-lite:istiod-li
 BUILD       := $(CACHE)/build
 
 images: ## build the image archives into .cache/images
+	$(PHASE) building the images
 	@mkdir -p $(BUILD) $(IMAGES)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
+	$(GO) build -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
 	@for app in $(IMAGE_APPS); do \
 		name=$${app%%:*}; pkgs=$${app#*:}; bins=""; entry=""; \
 		for pkg in $${pkgs//+/ }; do \
 			bin=$$(basename $$pkg); \
-			CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BUILD)/$$bin ./$$pkg; \
+			$(GO) build -ldflags '-s -w' -o $(BUILD)/$$bin ./$$pkg; \
 			bins="$$bins -bin $(BUILD)/$$bin:/usr/local/bin/$$bin"; \
 			if [ -z "$$entry" ]; then entry=/usr/local/bin/$$bin; fi; \
 		done; \
@@ -176,15 +189,20 @@ E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))
 UNIT_PKGS    = $$($(GO) list ./... | grep -v $(foreach d,$(E2E_DIRS),-e /$(d)$$) -e /tests/bench)
 
 test: tools images check-generate ## run every test (unit, race, end-to-end in a real cluster); needs root
+	$(PHASE) gofmt and vet
 	@gofmt_out=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$gofmt_out" ]; then echo "gofmt needed:"; echo "$$gofmt_out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
+	$(PHASE) unit tests with -race
+	$(RACE_TEST) $(TEST_FLAGS) $(UNIT_PKGS)
+	$(PHASE) fuzzing
 	@for f in $(FUZZ_TARGETS); do \
 		echo "fuzzing $$f for $(FUZZ_TIME)"; \
 		$(GO) test -run='^$$' -fuzz="^$${f#*:}$$" -fuzztime=$(FUZZ_TIME) ./$${f%%:*} || exit 1; \
 	done
+	$(PHASE) end-to-end tests
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
+	$(PHASE) make test passed
 
 BENCH_PKGS := ./tests/bench/...
 
@@ -198,13 +216,13 @@ NGINX_STREAM := /usr/lib/nginx/modules/ngx_stream_module.so
 
 $(FORTIO_STAMP):
 	@mkdir -p $(BIN)
-	@echo "building fortio"
-	cd tests/tools/fortio && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ fortio.org/fortio
+	$(PHASE) building fortio
+	cd tests/tools/fortio && $(GO) build -ldflags '-s -w' -o $(BIN)/ fortio.org/fortio
 	@rm -f $(BIN)/.fortio-* && touch $@
 
 bench-images: deps $(FORTIO_STAMP) ## build the data-path benchmark's images (fortio, nginx, iperf3) into .cache/bench-images
 	@mkdir -p $(BUILD) $(BENCH_IMAGES)
-	CGO_ENABLED=0 $(GO) build -trimpath -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
+	$(GO) build -o $(BUILD)/mkimage ./tests/images/cmd/mkimage
 	$(BUILD)/mkimage -o $(BENCH_IMAGES)/fortio.tar -ref ambit.local/fortio:dev \
 		-version $$($(BIN)/fortio version) -bin $(BIN)/fortio
 	$(BUILD)/mkimage -o $(BENCH_IMAGES)/nginx.tar -ref ambit.local/nginx:dev \
@@ -218,7 +236,7 @@ bench: tools images bench-images ## run the benchmarks (needs root); figures are
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 30m -v $(BENCH_PKGS)
 
 unit: ## run the tests that need no cluster
-	$(GO) test -race $(TEST_FLAGS) $(UNIT_PKGS)
+	$(RACE_TEST) $(TEST_FLAGS) $(UNIT_PKGS)
 
 e2e: tools images ## run the end-to-end tests in a real cluster (needs root)
 	$(GO) test -p 1 -v $(TEST_FLAGS) $(E2E_PKGS)
