@@ -11,13 +11,17 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
@@ -299,8 +303,10 @@ func TestCNIAdd(t *testing.T) {
 	if !z.holds("uid-new") || !h.backend.has("enroll new") {
 		t.Errorf("after ADD returned: ztunnel holds it = %v, redirection installed = %v; want both", z.holds("uid-new"), h.backend.has("enroll new"))
 	}
-	if got := h.annotation(t, "new"); got != "enabled" {
-		t.Errorf("annotation = %q, want enabled", got)
+	// The annotation follows the reply.
+	waitFor(t, "the annotation", func() bool { return h.annotation(t, "new") == "enabled" })
+	if got := h.annotation(t, "plain"); got != "" {
+		t.Errorf("annotation of the plain pod = %q, want none", got)
 	}
 	if _, err := c.Call(ctx, agentapi.PathCheck, req("new")); err != nil {
 		t.Errorf("CHECK of an enrolled pod: %v", err)
@@ -313,6 +319,38 @@ func TestCNIAdd(t *testing.T) {
 	}
 	if _, err := c.Call(ctx, agentapi.PathDel, agentapi.PodRequest{PodNamespace: "demo", PodName: "unknown"}); err != nil {
 		t.Errorf("DEL of an unknown pod: %v", err)
+	}
+}
+
+// TestCNIAddAnnotationRetried: the annotation, patched after ADD has replied, is retried
+// until the API server takes it.
+func TestCNIAddAnnotationRetried(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	p := testPod("new", "uid-new", "", map[string]string{"istio.io/dataplane-mode": "ambient"})
+	p.Status = corev1.PodStatus{Phase: corev1.PodPending}
+	if _, err := h.client.CoreV1().Pods("demo").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var patches atomic.Int32
+	h.client.PrependReactor("patch", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if patches.Add(1) <= 2 {
+			return true, nil, apierrors.NewServiceUnavailable("the API server is busy")
+		}
+		return false, nil, nil
+	})
+	h.start(t)
+	startZtunnel(t, h.cfg.ZDSSocket)
+	waitFor(t, "ztunnel to connect", h.agent.ZDS().Connected)
+	c := agentapi.NewClient(h.cfg.CNISocket, 10*time.Second)
+	r, err := c.Call(ctx, agentapi.PathAdd, agentapi.PodRequest{ContainerID: "c-new", Netns: holdNetns(t), IfName: "eth0",
+		PodNamespace: "demo", PodName: "new", PodUID: "uid-new", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}})
+	if err != nil || !r.Enrolled {
+		t.Fatalf("ADD = %+v, %v; want enrolled although the API server refuses patches", r, err)
+	}
+	waitFor(t, "the annotation after two refused patches", func() bool { return h.annotation(t, "new") == "enabled" })
+	if n := patches.Load(); n < 3 {
+		t.Errorf("%d patches; want the two refused ones and a third that landed", n)
 	}
 }
 

@@ -112,9 +112,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 		// that follows ztunnel's connect enrols it.
 		a.log.Warn("ztunnel gone for longer than the fail-open grace period; new pod starts outside the mesh",
 			"pod", req.PodNamespace+"/"+req.PodName)
-		if err := a.annotate(ctx, pod, stateBypassed); err != nil {
-			a.log.Warn("annotating a bypassed pod; the reconciler retries", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
-		}
+		// The reconciler annotates it bypassed (see below for why not here).
 		a.queue.Add(req.PodNamespace + "/" + req.PodName)
 		return false, nil
 	}
@@ -131,10 +129,13 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 		}
 		return false, err
 	}
-	if err := a.annotate(ctx, pod, stateCaptured); err != nil {
-		a.log.Warn("annotating a new pod; the reconciler retries", "pod", req.PodNamespace+"/"+req.PodName, "err", err)
-		a.queue.Add(req.PodNamespace + "/" + req.PodName)
-	}
+	// The annotation is the reconciler's job, right after this reply: a round trip to the API
+	// server, slow when it is busy, that the sandbox need not wait for. Nothing needs it
+	// before the pod has an IP in its status (istiod-lite then tells other ztunnels to use
+	// HBONE to it), which the kubelet posts after this ADD returns; the pod's own traffic is
+	// captured already. The queue retries a failed patch, and an agent that restarts before
+	// it lands enrols the unannotated pod again as a running pod and annotates it.
+	a.queue.Add(req.PodNamespace + "/" + req.PodName)
 	return true, nil
 }
 

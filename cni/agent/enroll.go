@@ -50,6 +50,11 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		return nil
 	}
 	pod, err := a.pods.Pods(ns).Get(name)
+	if apierrors.IsNotFound(err) && a.isMember(key) {
+		// A pod enrolled by its CNI ADD may not have reached the informer yet: only the API
+		// server can say it is gone.
+		pod, err = a.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	if apierrors.IsNotFound(err) {
 		return a.unenrollKey(ctx, key)
 	}
@@ -227,6 +232,18 @@ func (a *Agent) unenroll(ctx context.Context, uid string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.unenrollLocked(ctx, uid)
+}
+
+// isMember reports whether the pod namespace/name key is enrolled.
+func (a *Agent) isMember(key string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, m := range a.members {
+		if m.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 func (a *Agent) unenrollKey(ctx context.Context, key string) error {

@@ -184,9 +184,7 @@ func TestNewPodThroughThePluginBinary(t *testing.T) {
 	if got, want := podDial(), "ztunnel 10.66.0.1:80 <nil>"; got != want {
 		t.Errorf("after ADD the pod reached %q; want %q", got, want)
 	}
-	if got := h.annotation(t, "web"); got != "enabled" {
-		t.Errorf("annotation = %q, want enabled", got)
-	}
+	waitFor(t, "the annotation", func() bool { return h.annotation(t, "web") == "enabled" })
 	cni("DEL")
 	if got := podDial(); got != "peer" {
 		t.Errorf("after DEL the pod reached %q; want the peer directly", got)

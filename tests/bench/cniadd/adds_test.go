@@ -26,6 +26,7 @@ const (
 // addResult is the CNI ADD timing of one backend and namespace.
 type addResult struct {
 	backend, variant string
+	load             addLoad
 	chain            []time.Duration // per sandbox: the sum of its plugins' ADD calls
 	plugin           []time.Duration // per sandbox: ambit-cni's ADD call
 	failed           int             // sandboxes with a failed ADD (the kubelet retried them)
@@ -49,13 +50,14 @@ func podFor(name, node string) *corev1.Pod {
 	}
 }
 
-// measureAdds creates podsPerVariant pods in an enrolled namespace and as many in a plain one,
-// interleaved so that both see the same load, each deleted once it runs, and reads the
-// plugins' timings from the nodes.
-func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
+// measureAdds creates l.pods pods in an enrolled namespace and as many in a plain one,
+// l.workers at a time, interleaved so that both see the same load, each deleted once it runs,
+// and reads the plugins' timings from the nodes.
+func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, error) {
+	prefix := fmt.Sprintf("cniadd-%s-%d-", backend, l.workers)
 	nss := map[string]string{
-		variantEnrolled: "cniadd-" + backend + "-enrolled",
-		variantPlain:    "cniadd-" + backend + "-plain",
+		variantEnrolled: prefix + "enrolled",
+		variantPlain:    prefix + "plain",
 	}
 	if err := c.CreateNamespace(ctx, nss[variantEnrolled], map[string]string{"istio.io/dataplane-mode": "ambient"}); err != nil {
 		return nil, err
@@ -76,7 +78,7 @@ func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex // guards errs
 	var errs []error
-	for range podWorkers {
+	for range l.workers {
 		wg.Go(func() {
 			for j := range jobs {
 				if err := runPod(ctx, nss[j.variant], j.name, j.node, j.variant == variantEnrolled); err != nil {
@@ -87,7 +89,7 @@ func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
 			}
 		})
 	}
-	for i := range 2 * podsPerVariant {
+	for i := range 2 * l.pods {
 		v := []string{variantEnrolled, variantPlain}[i%2]
 		jobs <- job{variant: v, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name}
 	}
@@ -103,7 +105,7 @@ func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
 	}
 	var out []addResult
 	for _, variant := range []string{variantEnrolled, variantPlain} {
-		r := addResult{backend: backend, variant: variant}
+		r := addResult{backend: backend, variant: variant, load: l}
 		type sandbox struct {
 			total, plugin time.Duration
 			failed        bool
@@ -135,23 +137,28 @@ func measureAdds(ctx context.Context, backend string) ([]addResult, error) {
 			r.chain = append(r.chain, s.total)
 			r.plugin = append(r.plugin, s.plugin)
 		}
-		if len(r.chain) < podsPerVariant {
-			return nil, fmt.Errorf("%s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, variant, len(r.chain), podsPerVariant)
+		if len(r.chain) < l.pods {
+			return nil, fmt.Errorf("%s, %s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, l.name, variant, len(r.chain), l.pods)
 		}
 		out = append(out, r)
 	}
 	return out, nil
 }
 
-// runPod creates a pod, waits until it runs (its sandbox, network included, is up), checks
-// that the agent enrolled it exactly when it should, and deletes it.
+// runPod creates a pod, waits until it runs (its sandbox, network included, is up) and, if it
+// should be enrolled, until the agent has annotated it, checks that a plain pod was not
+// annotated, and deletes it.
 func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
 	pods := c.Client.CoreV1().Pods(ns)
 	if _, err := pods.Create(ctx, podFor(name, node), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating pod %s/%s: %w", ns, name, err)
 	}
 	var pod *corev1.Pod
-	err := c.Wait(ctx, 2*time.Minute, "pod "+ns+"/"+name+" running", func(ctx context.Context) (bool, error) {
+	what := "pod " + ns + "/" + name + " running"
+	if enrolled {
+		what += " and annotated ambient.istio.io/redirection=enabled"
+	}
+	err := c.Wait(ctx, 2*time.Minute, what, func(ctx context.Context) (bool, error) {
 		p, err := pods.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
@@ -160,19 +167,25 @@ func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
 		if problem := cluster.PodProblem(p); problem != "" {
 			return false, errors.New(problem)
 		}
-		return p.Status.Phase == corev1.PodRunning, nil
+		return p.Status.Phase == corev1.PodRunning && (!enrolled || annotated(p)), nil
 	})
 	if err != nil {
+		if pod != nil {
+			err = fmt.Errorf("%w (annotations %v)", err, pod.Annotations)
+		}
 		return err
 	}
-	// The agent annotates enrolled pods before their ADD returns.
-	if got := pod.Annotations["ambient.istio.io/redirection"] == "enabled"; got != enrolled {
-		return fmt.Errorf("pod %s/%s: enrolled %v; want %v (annotations %v)", ns, name, got, enrolled, pod.Annotations)
+	if !enrolled && annotated(pod) {
+		return fmt.Errorf("pod %s/%s: annotated as enrolled in a namespace that is not (annotations %v)", ns, name, pod.Annotations)
 	}
 	if err := pods.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		return fmt.Errorf("deleting pod %s/%s: %w", ns, name, err)
 	}
 	return nil
+}
+
+func annotated(p *corev1.Pod) bool {
+	return p.Annotations["ambient.istio.io/redirection"] == "enabled"
 }
 
 // readCalls reads every node's cnitime log.
