@@ -29,9 +29,9 @@ func TestMain(m *testing.M) {
 
 // What one run measures.
 const (
-	connsPerPass   = 1000
-	connWorkers    = 4
-	connPasses     = 3
+	connsPerPass = 1000
+	connWorkers  = 4
+	connPasses   = 3
 )
 
 var backends = []string{"nftables", "ebpf"}
