@@ -63,7 +63,10 @@ type PodInfo struct {
 type Pod struct {
 	PodInfo
 
-	ns      *netns.Handle
+	ns *netns.Handle
+	// dialer makes the pod's outbound and delivery sockets inside its namespace without a
+	// namespace switch per connection.
+	dialer  *netns.Dialer
 	srcOnce sync.Once
 	src     *hbone.Source
 	ctx     context.Context
@@ -142,6 +145,12 @@ func (px *Proxy) AddPod(ctx context.Context, pod PodInfo, ns *netns.Handle) erro
 		p.close()
 		return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
+	d, err := ns.NewDialer()
+	if err != nil {
+		p.close()
+		return fmt.Errorf("pod %s/%s: starting its dialer: %w", pod.Namespace, pod.Name, err)
+	}
+	p.dialer = d
 	px.mu.Lock()
 	if px.stopping {
 		px.mu.Unlock()
@@ -305,18 +314,12 @@ func (px *Proxy) acceptLoop(p *Pod, ln net.Listener, handle func(*Pod, net.Conn)
 func (px *Proxy) dial(ctx context.Context, p *Pod, src netip.Addr, dst netip.AddrPort) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, px.cfg.ConnectTimeout)
 	defer cancel()
-	d := net.Dialer{Control: sockopt.Control, KeepAlive: 30 * time.Second}
-	d.SetMultipathTCP(false)
-	if src.IsValid() {
-		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
-	}
-	var c net.Conn
-	err := p.ns.Do(func() error {
-		var err error
-		c, err = d.DialContext(ctx, "tcp", dst.String())
-		return err
+	// The Dialer's sockets are plain TCP, never MPTCP.
+	return p.dialer.DialContext(ctx, "tcp", dst.String(), netns.DialOptions{
+		Control:   sockopt.Control,
+		LocalAddr: src,
+		KeepAlive: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 30 * time.Second},
 	})
-	return c, err
 }
 
 // dialer returns a DialContext that connects from the pod's namespace with ztunnel's mark.
@@ -359,6 +362,9 @@ func (p *Pod) close() {
 	p.closeListeners()
 	p.cancel()
 	p.wg.Wait()
+	if p.dialer != nil {
+		p.dialer.Close()
+	}
 	if p.ns != nil {
 		p.ns.Close()
 	}
