@@ -157,7 +157,11 @@ func TestNewPodThroughThePluginBinary(t *testing.T) {
 	waitFor(t, "ztunnel to connect", a.ZDS().Connected)
 
 	bin := filepath.Join(t.TempDir(), "ambit-cni")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/ambit-mesh/ambit/cni/cmd/ambit-cni").CombinedOutput(); err != nil {
+	// Static, as the image carries it (and as make builds it: the race run's cgo setting would
+	// compile the standard library once more).
+	build := exec.Command("go", "build", "-o", bin, "github.com/ambit-mesh/ambit/cni/cmd/ambit-cni")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building ambit-cni: %v\n%s", err, out)
 	}
 	conf := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"k8s","type":"ambit-cni","agentSocket":%q,
