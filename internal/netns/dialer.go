@@ -86,20 +86,12 @@ func (h *Handle) NewDialer() (*Dialer, error) {
 // runtime starts new threads from a clean template thread when asked from a locked one.
 func (d *Dialer) run(nsfd int, started chan<- error) {
 	defer close(d.exited)
-	runtime.LockOSThread()
-	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	orig, err := enter(nsfd)
 	if err != nil {
-		runtime.UnlockOSThread()
-		started <- fmt.Errorf("opening current network namespace: %w", err)
+		started <- err
 		return
 	}
 	defer orig.Close()
-	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-		// The thread did not move: it can serve other goroutines again.
-		runtime.UnlockOSThread()
-		started <- fmt.Errorf("entering network namespace: %w", err)
-		return
-	}
 	started <- nil
 	for {
 		select {

@@ -252,15 +252,7 @@ func BenchmarkDial(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	go acceptAndClose(ln)
 	addr := ln.Addr().String()
 	ctx := context.Background()
 	// The machine's cores are shared: CPU time (of the whole process, the accepting side
@@ -291,18 +283,21 @@ func BenchmarkDial(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer rln.Close()
-		go func() {
-			for {
-				c, err := rln.Accept()
-				if err != nil {
-					return
-				}
-				c.Close()
-			}
-		}()
+		go acceptAndClose(rln)
 		var d net.Dialer
 		run(b, func() (net.Conn, error) { return d.DialContext(ctx, "tcp", rln.Addr().String()) })
 	})
+}
+
+// acceptAndClose accepts until ln closes, closing each connection at once.
+func acceptAndClose(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Close()
+	}
 }
 
 // cpuTime is the user and system CPU time the process has used.

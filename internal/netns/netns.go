@@ -53,19 +53,12 @@ func (h *Handle) Do(fn func() error) error {
 	// A fresh goroutine keeps the caller's own thread out of the switch: if restoring fails,
 	// this goroutine exits still locked and the runtime destroys its thread.
 	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+		orig, err := enter(h.Fd())
 		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("opening current network namespace: %w", err)
+			errc <- err
 			return
 		}
 		defer orig.Close()
-		if err := unix.Setns(h.Fd(), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace: %w", err)
-			return
-		}
 		fnErr := fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
 			// Leave the thread locked: it dies with this goroutine.
@@ -76,6 +69,24 @@ func (h *Handle) Do(fn func() error) error {
 		errc <- fnErr
 	}()
 	return <-errc
+}
+
+// enter locks the calling goroutine to its thread and moves the thread into the namespace nsfd,
+// returning the thread's own namespace to move back to. On failure the thread is unlocked
+// again, still where it was.
+func enter(nsfd int) (*os.File, error) {
+	runtime.LockOSThread()
+	orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("opening current network namespace: %w", err)
+	}
+	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+		orig.Close()
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("entering network namespace: %w", err)
+	}
+	return orig, nil
 }
 
 // DialContext dials addr with a socket created inside the namespace.
