@@ -152,6 +152,11 @@ func removeComponent(ctx context.Context, k *Kube, comp string, kinds []schema.G
 			return err
 		}
 	}
+	// A delete only starts the removal: a CRD goes once its custom resources are gone, and
+	// foreground deletion waits for dependents. Removed means no longer listed.
+	if err := waitObjectsGone(ctx, k, kinds, comp); err != nil {
+		return err
+	}
 	what := fmt.Sprintf("%d objects removed", len(objs))
 	if len(workloads) > 0 {
 		what = fmt.Sprintf("%s and its pods, %d objects in all, removed", strings.Join(workloads, ", "), len(objs))
@@ -192,6 +197,28 @@ func waitPodsGone(ctx context.Context, k *Kube, ns string, sel map[string]string
 			names[i] = p.Name + " on " + p.Spec.NodeName
 		}
 		return fmt.Errorf("the pods of %s did not end: %s", what, strings.Join(names, ", "))
+	})
+}
+
+// waitObjectsGone waits until no object of kinds carries comp's label.
+func waitObjectsGone(ctx context.Context, k *Kube, kinds []schema.GroupVersionResource, comp string) error {
+	var left []unstructured.Unstructured
+	return poll(ctx, 250*time.Millisecond, func() (bool, error) {
+		objs, err := labelled(ctx, k, kinds, ComponentLabel+"="+comp)
+		if err != nil {
+			return false, nil // the next poll, or the timeout, tells
+		}
+		left = objs
+		return len(left) == 0, nil
+	}, func() error {
+		names := make([]string, len(left))
+		for i, o := range left {
+			names[i] = o.GetKind() + " " + objectName(o)
+			if o.GetDeletionTimestamp() != nil {
+				names[i] += fmt.Sprintf(" (deleting, finalizers %v)", o.GetFinalizers())
+			}
+		}
+		return fmt.Errorf("still there after the delete: %s; see what holds them with kubectl get -o yaml", strings.Join(names, ", "))
 	})
 }
 
