@@ -44,8 +44,6 @@ type Config struct {
 	CNISocket string
 	// ProcRoot is the host's /proc (the agent runs with hostPID).
 	ProcRoot string
-	// CgroupRoot is the host's cgroup v2 mount.
-	CgroupRoot string
 	// NodeNetns is the node's network namespace, for the probe SNAT rule; the agent runs
 	// with hostNetwork, so its own.
 	NodeNetns string
@@ -71,7 +69,6 @@ func DefaultConfig() Config {
 		ZDSSocket:  zds.DefaultPath,
 		CNISocket:  agentapi.DefaultSocket,
 		ProcRoot:   "/proc",
-		CgroupRoot: "/sys/fs/cgroup/unified",
 		NodeNetns:  "/proc/self/ns/net",
 		CNIBinDir:  "/opt/cni/bin",
 		CNIConfDir: "/etc/cni/net.d",

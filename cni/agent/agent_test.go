@@ -158,7 +158,6 @@ func newHarness(t *testing.T) *harness {
 	cfg.ZDSSocket = filepath.Join(dir, "ztunnel", "ztunnel.sock")
 	cfg.CNISocket = filepath.Join(dir, "ambit", "cni-agent.sock")
 	cfg.ProcRoot = filepath.Join(dir, "proc")
-	cfg.CgroupRoot = filepath.Join(dir, "cgroup")
 	cfg.AckTimeout = 5 * time.Second
 	h := &harness{backend: &recordingBackend{}, cfg: cfg, nodeNS: holdNetns(t)}
 	h.cfg.NodeNetns = h.nodeNS

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -51,27 +50,6 @@ func findPodProcess(procRoot, uid string) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("no process of pod %s under %s: %w", uid, procRoot, fs.ErrNotExist)
-}
-
-// findPodCgroup returns the pod's cgroup v2 directory under root, or "" when there is none.
-// The kubelet makes it before the pod's sandbox, so it exists during CNI ADD.
-func findPodCgroup(root, uid string) string {
-	names := []string{"pod" + uid}
-	systemd := "pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
-	var found string
-	errFound := errors.New("found")
-	filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			return nil
-		}
-		n := d.Name()
-		if n == names[0] || strings.HasSuffix(n, systemd) {
-			found = path
-			return errFound
-		}
-		return nil
-	})
-	return found
 }
 
 // selfPID is this process: a CNI call from it (tests) names a path in our own mount namespace.

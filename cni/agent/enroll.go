@@ -204,7 +204,6 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 	}
 	rp := redirect.Pod{
 		UID: uid, Namespace: pod.Namespace, Name: pod.Name, Netns: fdPath, IPs: ips,
-		Cgroup: findPodCgroup(a.cfg.CgroupRoot, uid),
 	}
 	info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
 	if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
@@ -360,7 +359,6 @@ func (a *Agent) recover(ctx context.Context) {
 			if ferr == nil {
 				m.nsFile = f
 				m.pod.Netns = fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
-				m.pod.Cgroup = findPodCgroup(a.cfg.CgroupRoot, uid)
 				zf, _ = os.Open(m.pod.Netns)
 			}
 		}

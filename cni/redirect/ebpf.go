@@ -10,7 +10,7 @@ import (
 
 // EBPF captures pods with tcx and sk_lookup programs and policy routes inside each pod's netns
 // (see package bpf). Like NFTables it keeps no state in the process: a new EBPF finds and
-// reconciles what an earlier process installed. It does not use Pod.Cgroup.
+// reconciles what an earlier process installed.
 type EBPF struct {
 	r *bpf.Redirector
 }

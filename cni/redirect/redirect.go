@@ -46,8 +46,6 @@ type Pod struct {
 	// /var/run/netns/cni-...
 	Netns string
 	IPs   []netip.Addr
-	// Cgroup is the pod's cgroup v2 path (absolute, under /sys/fs/cgroup/unified); "" if unknown.
-	Cgroup string
 }
 
 // Backend captures pods' traffic.

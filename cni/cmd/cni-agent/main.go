@@ -27,7 +27,6 @@ func main() {
 	flag.StringVar(&cfg.ZDSSocket, "zds-socket", cfg.ZDSSocket, "`path` of the ZDS socket ztunnel connects to")
 	flag.StringVar(&cfg.CNISocket, "cni-socket", cfg.CNISocket, "`path` of the socket the ambit-cni plugin calls")
 	flag.StringVar(&cfg.ProcRoot, "proc", cfg.ProcRoot, "the host's /proc (`dir`)")
-	flag.StringVar(&cfg.CgroupRoot, "cgroup-root", cfg.CgroupRoot, "the host's cgroup v2 mount (`dir`)")
 	flag.StringVar(&cfg.PluginBinary, "plugin-binary", "", "ambit-cni binary to install (`file`); empty: do not install the plugin")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "the node's CNI plugin `dir`")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "the node's CNI config `dir`")

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,8 +30,6 @@ type ns struct {
 	path string
 	h    *netns.Handle
 }
-
-var seq atomic.Int64
 
 // newNS makes a network namespace that the test removes when it ends.
 func newNS(t testing.TB) *ns {
@@ -60,10 +56,9 @@ func (n *ns) mustRun(t testing.TB, args ...string) string {
 	return out
 }
 
-// env is one pod netns and its peer, plus a cgroup for the pod's client processes.
+// env is one pod netns and its peer.
 type env struct {
 	pod, peer *ns
-	cgroup    string // absolute cgroup v2 directory
 }
 
 func newEnv(t *testing.T) *env {
@@ -86,55 +81,14 @@ func newEnv(t *testing.T) *env {
 	e.peer.mustRun(t, "ip", "link", "set", "peer0", "up")
 	e.peer.mustRun(t, "ip", "addr", "add", PeerIP+"/24", "dev", "peer0")
 	e.peer.mustRun(t, "ip", "addr", "add", "169.254.7.127/32", "dev", "peer0")
-
-	e.cgroup = newCgroup(t)
 	return e
 }
 
-// newCgroup makes a cgroup v2 child of this process's own cgroup for the pod's processes
-// (a cgroup-based backend attaches there) and removes it at the end.
-func newCgroup(t *testing.T) string {
-	t.Helper()
-	const root = "/sys/fs/cgroup/unified"
-	own := "/"
-	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "0::"); ok {
-				own = rest
-			}
-		}
-	}
-	dir := filepath.Join(root, own, fmt.Sprintf("ambit-redirecttest-%d-%d", os.Getpid(), seq.Add(1)))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("creating the pod's cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		// The pod's processes have exited by now (each podRun waits); rmdir may still race
-		// with the kernel noticing, so retry briefly.
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			err := os.Remove(dir)
-			if err == nil || os.IsNotExist(err) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("removing cgroup %s: %v", dir, err)
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-	return dir
-}
-
-// podRun runs a bash script as a process of the pod: inside its netns and its cgroup.
+// podRun runs a bash script as a process of the pod, inside its netns.
 func (e *env) podRun(ctx context.Context, script string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// The shell joins the cgroup before it execs anything, so every socket it makes is the pod's.
-	cmd := exec.CommandContext(ctx, "sh", "-c",
-		`echo $$ > "$1/cgroup.procs" && exec nsenter --net="$2" timeout 5 bash -c "$3"`,
-		"sh", e.cgroup, e.pod.path, script)
+	cmd := exec.CommandContext(ctx, "nsenter", "--net="+e.pod.path, "timeout", "5", "bash", "-c", script)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("pod script %q: %w: %s", script, err, out)

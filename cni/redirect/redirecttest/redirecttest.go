@@ -5,9 +5,7 @@
 // traffic works again and nothing is left behind. Import it from _test.go files only.
 //
 // Pod-side client traffic comes from separate processes (bash /dev/tcp and /dev/udp) running
-// in the pod's netns and in Pod.Cgroup, a fresh cgroup v2 directory, so that a backend
-// attaching cgroup programs sees them. ztunnel's own sockets come from the test process,
-// which, like the real ztunnel, is not in the pod's cgroup.
+// in the pod's netns; ztunnel's own sockets come from the test process.
 package redirecttest
 
 import (
@@ -34,9 +32,8 @@ func Run(t *testing.T, newBackend func(t *testing.T) redirect.Backend) {
 	ctx := context.Background()
 	pod := redirect.Pod{
 		UID: "uid-redirecttest", Namespace: "ns", Name: "pod",
-		Netns:  e.pod.path,
-		IPs:    []netip.Addr{netip.MustParseAddr(PodIP)},
-		Cgroup: e.cgroup,
+		Netns: e.pod.path,
+		IPs:   []netip.Addr{netip.MustParseAddr(PodIP)},
 	}
 
 	checkDirect(t, e, "before Enroll")
@@ -111,7 +108,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) redirect.Backend) {
 	}
 	checkDirect(t, e, "after Unenroll")
 	if after := snapshot(t, e); after != before {
-		t.Errorf("%s: Unenroll left state behind in the pod netns or cgroup:\nbefore:\n%s\nafter:\n%s", b.Name(), before, after)
+		t.Errorf("%s: Unenroll left state behind in the pod netns:\nbefore:\n%s\nafter:\n%s", b.Name(), before, after)
 	}
 }
 

@@ -3,7 +3,6 @@ package redirecttest
 import (
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"testing"
 
@@ -13,7 +12,7 @@ import (
 
 // snapshot describes everything a backend could install in the pod: nftables and iptables
 // rulesets, ip rules, routes of every table, qdiscs and tc filters, tcx programs on the pod
-// link, programs attached to the pod's cgroup, and the per-netns sysctls a backend might set.
+// link, and the per-netns sysctls a backend might set.
 func snapshot(t *testing.T, e *env) string {
 	t.Helper()
 	var b strings.Builder
@@ -47,20 +46,6 @@ func snapshot(t *testing.T, e *env) string {
 		}
 		return nil
 	})
-	cg, err := os.Open(e.cgroup)
-	if err != nil {
-		t.Fatalf("opening the pod's cgroup: %v", err)
-	}
-	defer cg.Close()
-	for _, at := range []ebpf.AttachType{
-		ebpf.AttachCGroupInet4Connect, ebpf.AttachCGroupInet6Connect,
-		ebpf.AttachCGroupUDP4Sendmsg, ebpf.AttachCGroupUDP4Recvmsg,
-		ebpf.AttachCgroupInet4GetPeername, ebpf.AttachCgroupInet4GetSockname,
-		ebpf.AttachCGroupSockOps, ebpf.AttachCGroupGetsockopt, ebpf.AttachCGroupSetsockopt,
-		ebpf.AttachCGroupInetSockCreate, ebpf.AttachCGroupInetIngress, ebpf.AttachCGroupInetEgress,
-	} {
-		fmt.Fprintf(&b, "cgroup %s: %s\n", at, queryPrograms(int(cg.Fd()), at))
-	}
 	return b.String()
 }
 
