@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
 )
 
 func newRedirector(t testing.TB) *Redirector {
@@ -303,5 +305,56 @@ func TestNewNeedsBPFFS(t *testing.T) {
 	_, err := New(Options{PinDir: filepath.Join(t.TempDir(), "ambit")})
 	if !errors.Is(err, ErrNotSupported) || !strings.Contains(err.Error(), "bpffs") {
 		t.Errorf("New with a pin directory on tmpfs: got %v, want an error wrapping ErrNotSupported naming bpffs", err)
+	}
+}
+
+// TestSockmapsCarryNoBTF: New drops the BTF of sockmaps, whose refusal by the kernel costs an
+// RCU grace period per pod (see dropSockmapBTF and BenchmarkLoadSet).
+func TestSockmapsCarryNoBTF(t *testing.T) {
+	r := newRedirector(t)
+	n := 0
+	for prog, cs := range r.specs {
+		for name, m := range cs.Maps {
+			if m.Type == ebpf.SockMap && (m.Key != nil || m.Value != nil) {
+				t.Errorf("program %s: sockmap %s still has BTF key/value types", prog, name)
+			}
+			if m.Type == ebpf.SockMap {
+				n++
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no sockmap in the programs' specs: the test checks nothing")
+	}
+}
+
+// BenchmarkLoadSet loads one pod's programs and maps, as Attach does for a new pod, and the
+// same with the sockmaps' BTF kept (what cilium/ebpf does by default) as the baseline:
+//
+//	go test -run '^$' -bench BenchmarkLoadSet ./bpf
+func BenchmarkLoadSet(b *testing.B) {
+	r := newRedirector(b)
+	var err error
+	withBTF := &Redirector{specs: map[string]*ebpf.CollectionSpec{}}
+	for name, load := range map[string]func() (*ebpf.CollectionSpec, error){
+		progInbound: loadInbound, progOutbound: loadOutbound, progLookup: loadSkLookup,
+	} {
+		if withBTF.specs[name], err = load(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		name string
+		r    *Redirector
+	}{{"sockmap-BTF-dropped", r}, {"sockmap-BTF-kept", withBTF}} {
+		b.Run(c.name, func(b *testing.B) {
+			for b.Loop() {
+				s, err := c.r.loadSet()
+				if err != nil {
+					b.Fatal(err)
+				}
+				s.close()
+			}
+		})
 	}
 }
