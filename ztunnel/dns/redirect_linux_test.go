@@ -20,17 +20,6 @@ import (
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
-// dialIn dials with d from inside h.
-func dialIn(ctx context.Context, h *netns.Handle, d *net.Dialer, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := h.Do(func() error {
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
-}
-
 // run runs a command and fails t with its output if it fails.
 func run(t *testing.T, stdin string, name string, args ...string) {
 	t.Helper()
@@ -105,16 +94,22 @@ func TestRedirectedQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := serveUpstream(t, upc, uln, false)
-	marked := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+	// The upstream queries go out as ztunnel's do: from a netns.Dialer, with ztunnel's mark.
+	marked := netns.DialOptions{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, 0x539) })
 		return errors.Join(err, serr)
 	}}
+	dialer, err := h.NewDialer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialer.Close()
 	s, err := New(Config{
 		Resolver:  testResolver,
 		Upstreams: []netip.AddrPort{netip.MustParseAddrPort("10.96.0.10:53")},
 		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return dialIn(ctx, h, marked, network, addr)
+			return dialer.DialContext(ctx, network, addr, marked)
 		},
 	})
 	if err != nil {

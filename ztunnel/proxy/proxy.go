@@ -333,16 +333,10 @@ func (px *Proxy) dialer(p *Pod) func(ctx context.Context, network, addr string) 
 	}
 }
 
-// dialAny dials any network from inside the pod's namespace with ztunnel's mark.
+// dialAny dials TCP or UDP (the DNS proxy's upstreams, IP literals) from inside the pod's
+// namespace with ztunnel's mark.
 func (p *Pod) dialAny(ctx context.Context, network, addr string) (net.Conn, error) {
-	d := net.Dialer{Control: sockopt.Control}
-	var c net.Conn
-	err := p.ns.Do(func() error {
-		var err error
-		c, err = d.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
+	return p.dialer.DialContext(ctx, network, addr, netns.DialOptions{Control: sockopt.Control})
 }
 
 func (p *Pod) closeListeners() {
