@@ -1,8 +1,8 @@
 package testutil
 
 import (
+	"bufio"
 	"fmt"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -33,21 +33,35 @@ type NetNS struct {
 // test that may run without root skips before calling it.
 func NewNetNS(t testing.TB, name string) *NetNS {
 	t.Helper()
-	cmd := exec.Command("unshare", "--net", "sleep", "infinity")
+	// The holder says "ready" once it is inside its new namespace, then becomes sleep. (Its
+	// namespace cannot be told apart by comparing with ours: the caller's thread may itself
+	// be inside another namespace, which the child starts in.)
+	cmd := exec.Command("unshare", "--net", "sh", "-c", "echo ready && exec sleep infinity")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("starting the %s namespace holder: %v", name, err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting the %s namespace holder (unshare from util-linux, as root): %v", name, err)
 	}
 	n := &NetNS{Name: name, PID: cmd.Process.Pid, Path: fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid), cmd: cmd}
 	t.Cleanup(n.Kill)
-	// unshare switches namespaces after it starts: wait until the link differs from ours.
-	self, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		t.Fatalf("reading this process's network namespace: %v", err)
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("it printed %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.Fatalf("the %s namespace holder did not enter its network namespace: %v", name, err)
+		}
+	case <-time.After(netnsTimeout):
+		t.Fatalf("the %s namespace holder did not enter its network namespace within %s", name, netnsTimeout)
 	}
-	WaitFor(t, netnsTimeout, "the "+name+" namespace holder to enter its own network namespace", func() bool {
-		l, err := os.Readlink(n.Path)
-		return err == nil && l != self
-	})
 	if n.Handle, err = netns.Open(n.Path); err != nil {
 		t.Fatalf("opening the %s namespace: %v", name, err)
 	}

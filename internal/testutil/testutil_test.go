@@ -34,6 +34,26 @@ func TestNetNS(t *testing.T) {
 	}
 }
 
+// TestNetNSFromInsideAnother: a holder started from a thread inside another namespace starts
+// there, and NewNetNS still returns its own, new namespace.
+func TestNetNSFromInsideAnother(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: creating network namespaces needs root (CI runs as root)")
+	}
+	outer := NewNetNS(t, "outer")
+	outerLink, _ := os.Readlink(outer.Path)
+	for range 5 {
+		var inner *NetNS
+		outer.Handle.Do(func() error {
+			inner = NewNetNS(t, "inner")
+			return nil
+		})
+		if l, err := os.Readlink(inner.Path); err != nil || l == outerLink {
+			t.Fatalf("namespace made from inside %s: got %q, %v; want a new one", outer.Path, l, err)
+		}
+	}
+}
+
 func TestPrivateBPFFS(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("skipping: mounting a bpffs needs root (CI runs as root)")
