@@ -101,6 +101,9 @@ type Agent struct {
 	// mu serializes enrolment changes and guards members.
 	mu      sync.Mutex
 	members map[string]*member // by pod UID
+
+	// probeDirty asks syncProbes to rewrite the node's probe rule (see syncProbeLocked).
+	probeDirty chan struct{}
 }
 
 // member is an enrolled pod.
@@ -127,9 +130,10 @@ func New(cfg Config, client kubernetes.Interface, backend redirect.Backend, log 
 	}
 	a := &Agent{
 		cfg: cfg, client: client, backend: backend, log: log,
-		zds:     zds.NewServer(log.With("component", "zds"), cfg.AckTimeout),
-		members: map[string]*member{},
-		queue:   workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+		zds:        zds.NewServer(log.With("component", "zds"), cfg.AckTimeout),
+		members:    map[string]*member{},
+		probeDirty: make(chan struct{}, 1),
+		queue:      workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
 	}
 	a.factory = informers.NewSharedInformerFactoryWithOptions(client, 0,
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
@@ -228,6 +232,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		srv.Shutdown(sctx)
 	})
 	wg.Go(func() { a.worker(ctx) })
+	if a.cfg.ProbeRule {
+		wg.Go(func() { a.syncProbes(ctx) })
+	}
 	wg.Go(func() { a.watchZtunnel(ctx) })
 	if a.cfg.PluginBinary != "" {
 		wg.Go(func() { a.keepPluginInstalled(ctx) })

@@ -264,6 +264,29 @@ func TestRunningPodsFollowLabels(t *testing.T) {
 	waitFor(t, "the probe rule to drop the pod", func() bool { return !strings.Contains(h.probeRules(t), "10.244.1.7") })
 }
 
+// TestProbeRuleRetried: the probe rule is written after the enrolment, and a rewrite that fails
+// (here: the node netns cannot be opened yet) is retried until it lands.
+func TestProbeRuleRetried(t *testing.T) {
+	h := newHarness(t)
+	link := filepath.Join(t.TempDir(), "node-netns")
+	h.cfg.NodeNetns = link // dangling until the first rewrite has failed
+	fakeProc(t, h.cfg.ProcRoot, "100", "uid-web", holdNetns(t))
+	if _, err := h.client.CoreV1().Pods("demo").Create(context.Background(), testPod("web", "uid-web", "10.244.1.7", nil), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	h.log = slog.New(slog.NewTextHandler(&logs, nil))
+	h.start(t)
+	z, _ := startZtunnel(t, h.cfg.ZDSSocket)
+	h.relabel(t, "namespace", map[string]string{"istio.io/dataplane-mode": "ambient"})
+	waitFor(t, "ztunnel to get the pod", func() bool { return z.holds("uid-web") })
+	waitFor(t, "a failed probe rule rewrite", func() bool { return strings.Contains(logs.String(), "updating the node's probe SNAT rule; retrying") })
+	if err := os.Symlink(h.nodeNS, link); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the retried probe rule", func() bool { return strings.Contains(h.probeRules(t), "10.244.1.7") })
+}
+
 func TestCNIAdd(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()

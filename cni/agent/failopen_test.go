@@ -253,9 +253,10 @@ func TestFailOpenBypassAndRestore(t *testing.T) {
 	if want := `pod demo/bad: annotation ambient.ambit.dev/fail-open has value \"yes\"; expected \"true\" or \"false\" (treated as fail-closed)`; !strings.Contains(logs.String(), want) {
 		t.Errorf("the log does not say %s:\n%s", want, logs.String())
 	}
-	if r := h.probeRules(t); strings.Contains(r, "10.244.1.10") || !strings.Contains(r, "10.244.1.11") {
-		t.Errorf("probe SNAT rule while bypassed:\n%s\nwant the captured pods' IPs and not the bypassed one's (10.244.1.10)", r)
-	}
+	waitFor(t, "the probe SNAT rule to hold the captured pods' IPs and not the bypassed one's (10.244.1.10)", func() bool {
+		r := h.probeRules(t)
+		return !strings.Contains(r, "10.244.1.10") && strings.Contains(r, "10.244.1.11")
+	})
 
 	before := len(h.calls())
 	h.runOrderedZtunnel(t, "z2")
@@ -273,9 +274,7 @@ func TestFailOpenBypassAndRestore(t *testing.T) {
 	if !slices.Contains(after[:max(snapshot, 0)], "z2 add uid-closed") {
 		t.Errorf("the replay %q does not carry the fail-closed pod", after)
 	}
-	if !strings.Contains(h.probeRules(t), "10.244.1.10") {
-		t.Errorf("probe SNAT rule after the restore lacks the restored pod:\n%s", h.probeRules(t))
-	}
+	waitFor(t, "the probe SNAT rule to hold the restored pod", func() bool { return strings.Contains(h.probeRules(t), "10.244.1.10") })
 }
 
 // TestFailOpenNewPodDuringOutage: while ztunnel has been gone for longer than the grace
