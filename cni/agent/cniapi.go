@@ -57,11 +57,13 @@ func (a *Agent) serveCNI(ctx context.Context, path string, req agentapi.PodReque
 	key := req.PodNamespace + "/" + req.PodName
 	switch path {
 	case agentapi.PathAdd:
-		enrolled, err := a.cniAdd(ctx, req)
+		began := time.Now()
+		steps, enrolled, err := a.cniAdd(ctx, req)
 		if err != nil {
 			a.log.Warn("CNI ADD failed", "pod", key, "err", err)
 		} else if enrolled {
-			a.log.Info("enrolled new pod", "pod", key)
+			attrs := append([]any{"pod", key, "took", millis(time.Since(began))}, steps.attrs()...)
+			a.log.Info("enrolled new pod", attrs...)
 		}
 		return enrolled, err
 	case agentapi.PathDel:
@@ -95,17 +97,18 @@ func (a *Agent) notConnected() error {
 	return fmt.Errorf("ztunnel not connected on node %s; the kubelet retries the pod's sandbox", a.cfg.NodeName)
 }
 
-func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, error) {
+func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (enrollSteps, bool, error) {
+	var steps enrollSteps
 	pod, ns, err := a.lookup(ctx, req)
 	if err != nil {
-		return false, err
+		return steps, false, err
 	}
 	d := wantEnrolled(pod, ns)
 	for _, w := range d.warnings {
 		a.log.Warn(w)
 	}
 	if !d.enroll {
-		return false, nil
+		return steps, false, nil
 	}
 	if a.wantBypass(pod, ns, d) {
 		// Fail-open while ztunnel is gone: the pod starts outside the mesh, and the resync
@@ -114,20 +117,21 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 			"pod", req.PodNamespace+"/"+req.PodName)
 		// The reconciler annotates it bypassed (see below for why not here).
 		a.queue.Add(req.PodNamespace + "/" + req.PodName)
-		return false, nil
+		return steps, false, nil
 	}
 	if !a.zds.Connected() {
-		return false, a.notConnected()
+		return steps, false, a.notConnected()
 	}
 	nsPath := req.Netns
 	if pid, ok := ctx.Value(peerPIDKey{}).(int); ok && pid > 0 && pid != selfPID {
 		nsPath = filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "root", req.Netns)
 	}
-	if err := a.enroll(ctx, pod, nsPath, req.IPs); err != nil {
+	steps, err = a.enroll(ctx, pod, nsPath, req.IPs)
+	if err != nil {
 		if errors.Is(err, zds.ErrNotConnected) {
-			return false, a.notConnected()
+			return steps, false, a.notConnected()
 		}
-		return false, err
+		return steps, false, err
 	}
 	// The annotation is the reconciler's job, right after this reply: a round trip to the API
 	// server, slow when it is busy, that the sandbox need not wait for. Nothing needs it
@@ -136,7 +140,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (bool, erro
 	// captured already. The queue retries a failed patch, and an agent that restarts before
 	// it lands enrols the unannotated pod again as a running pod and annotates it.
 	a.queue.Add(req.PodNamespace + "/" + req.PodName)
-	return true, nil
+	return steps, true, nil
 }
 
 func (a *Agent) cniCheck(ctx context.Context, req agentapi.PodRequest) (bool, error) {

@@ -108,10 +108,11 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 			return fmt.Errorf("finding the netns of running pod %s: %w", key, err)
 		}
 		nsPath := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net")
-		if err := a.enroll(ctx, pod, nsPath, podIPs(pod)); err != nil {
+		steps, err := a.enroll(ctx, pod, nsPath, podIPs(pod))
+		if err != nil {
 			return err
 		}
-		a.log.Info("enrolled running pod", "pod", key)
+		a.log.Info("enrolled running pod", append([]any{"pod", key}, steps.attrs()...)...)
 	case !d.enroll && enrolled:
 		if err := a.unenroll(ctx, string(pod.UID)); err != nil {
 			return err
@@ -180,11 +181,28 @@ func podIPs(pod *corev1.Pod) []netip.Addr {
 	return ips
 }
 
+// enrollSteps is how long the parts of one enrolment took, for its log line.
+type enrollSteps struct {
+	wait     time.Duration // for the agent's lock
+	ztunnel  time.Duration // ZDS add until ztunnel's ack (its listeners are open)
+	redirect time.Duration // the backend's Enroll
+}
+
+func (s enrollSteps) attrs() []any {
+	return []any{"lock_wait", millis(s.wait), "ztunnel_ack", millis(s.ztunnel), "redirect", millis(s.redirect)}
+}
+
+// millis formats d for a log line: "12.3ms".
+func millis(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
+
 // enroll hands the pod to ztunnel, then installs its redirection: in that order, so the
 // captured traffic finds ztunnel's listeners. On failure it undoes both.
-func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr) error {
+func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr) (enrollSteps, error) {
+	var steps enrollSteps
+	began := time.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	steps.wait = time.Since(began)
 	uid := string(pod.UID)
 	key := pod.Namespace + "/" + pod.Name
 	if old := a.members[uid]; old != nil {
@@ -195,29 +213,33 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 	}
 	f, err := os.Open(nsPath)
 	if err != nil {
-		return fmt.Errorf("opening the netns of pod %s: %w", key, err)
+		return steps, fmt.Errorf("opening the netns of pod %s: %w", key, err)
 	}
 	fdPath := fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), f.Fd())
 	zf, err := os.Open(fdPath)
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("opening the netns of pod %s: %w", key, err)
+		return steps, fmt.Errorf("opening the netns of pod %s: %w", key, err)
 	}
 	rp := redirect.Pod{
 		UID: uid, Namespace: pod.Namespace, Name: pod.Name, Netns: fdPath, IPs: ips,
 	}
 	info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
+	step := time.Now()
 	if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
 		err = fmt.Errorf("handing pod %s to ztunnel: %w", key, err)
-		return errors.Join(err, a.zds.Del(ctx, uid), f.Close())
+		return steps, errors.Join(err, a.zds.Del(ctx, uid), f.Close())
 	}
+	steps.ztunnel = time.Since(step)
+	step = time.Now()
 	if err := a.backend.Enroll(ctx, rp); err != nil {
 		err = fmt.Errorf("installing %s redirection for pod %s: %w", a.backend.Name(), key, err)
-		return errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
+		return steps, errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
 	}
+	steps.redirect = time.Since(step)
 	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
 	a.syncProbeLocked()
-	return nil
+	return steps, nil
 }
 
 func serviceAccount(pod *corev1.Pod) string {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/tests/bench/cniadd/cnitime"
 	"github.com/ambit-mesh/ambit/tests/cluster"
+	"github.com/ambit-mesh/ambit/tests/mesh"
 )
 
 // The two namespaces of a measurement.
@@ -30,7 +32,13 @@ type addResult struct {
 	chain            []time.Duration // per sandbox: the sum of its plugins' ADD calls
 	plugin           []time.Duration // per sandbox: ambit-cni's ADD call
 	failed           int             // sandboxes with a failed ADD (the kubelet retried them)
+	// steps are the agent's own timings of each enrolment (its "enrolled new pod" log line),
+	// by step: took (the whole ADD request in the agent), lock_wait, ztunnel_ack, redirect.
+	steps map[string][]time.Duration
 }
+
+// agentSteps are the timings the agent logs for each enrolled new pod, in report order.
+var agentSteps = []string{"took", "lock_wait", "ztunnel_ack", "redirect"}
 
 func listOptions(selector string) metav1.ListOptions {
 	return metav1.ListOptions{LabelSelector: selector}
@@ -140,6 +148,14 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		if len(r.chain) < l.pods {
 			return nil, fmt.Errorf("%s, %s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, l.name, variant, len(r.chain), l.pods)
 		}
+		if variant == variantEnrolled {
+			if r.steps, err = readAgentSteps(ctx, nss[variant]); err != nil {
+				return nil, err
+			}
+			if n := len(r.steps["took"]); n < l.pods {
+				return nil, fmt.Errorf("%s, %s: the agents logged %d enrolled new pods of namespace %s; want %d", backend, l.name, n, nss[variant], l.pods)
+			}
+		}
 		out = append(out, r)
 	}
 	return out, nil
@@ -210,4 +226,37 @@ func readCalls(ctx context.Context) ([]cnitime.Call, error) {
 		}
 	}
 	return calls, ctx.Err()
+}
+
+// readAgentSteps reads the step timings of the "enrolled new pod" lines the cni agents logged
+// for pods of namespace ns.
+func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration, error) {
+	pods, err := c.Client.CoreV1().Pods(mesh.Namespace).List(ctx, listOptions("k8s-app=istio-cni-node"))
+	if err != nil {
+		return nil, err
+	}
+	steps := map[string][]time.Duration{}
+	for _, p := range pods.Items {
+		logs, err := c.Logs(ctx, mesh.Namespace, p.Name, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(logs, "\n") {
+			if !strings.Contains(line, `msg="enrolled new pod" pod=`+ns+"/") {
+				continue
+			}
+			for _, f := range strings.Fields(line) {
+				k, v, ok := strings.Cut(f, "=")
+				if !ok || !slices.Contains(agentSteps, k) {
+					continue
+				}
+				d, err := time.ParseDuration(v)
+				if err != nil {
+					return nil, fmt.Errorf("agent %s: line %q: %s: %w", p.Name, line, k, err)
+				}
+				steps[k] = append(steps[k], d)
+			}
+		}
+	}
+	return steps, nil
 }
