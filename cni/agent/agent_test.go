@@ -33,8 +33,9 @@ import (
 
 // recordingBackend is a redirect.Backend that records what it is asked.
 type recordingBackend struct {
-	mu    sync.Mutex // guards calls
-	calls []string
+	mu     sync.Mutex // guards calls and refuse
+	calls  []string
+	refuse string // Enroll of the pod of this name fails
 }
 
 func (*recordingBackend) Name() string { return "recording" }
@@ -42,6 +43,12 @@ func (*recordingBackend) Name() string { return "recording" }
 func (b *recordingBackend) Enroll(_ context.Context, p redirect.Pod) error {
 	if _, err := os.Stat(p.Netns); err != nil {
 		return fmt.Errorf("netns path of %s: %w", p.Name, err)
+	}
+	b.mu.Lock()
+	refused := b.refuse == p.Name
+	b.mu.Unlock()
+	if refused {
+		return fmt.Errorf("pod %s refused by the test", p.Name)
 	}
 	b.record("enroll " + p.Name)
 	return nil
@@ -66,15 +73,19 @@ func (b *recordingBackend) has(s string) bool {
 
 // ztunnel is a ZDS handler that records the pods it holds.
 type ztunnel struct {
-	mu   sync.Mutex // guards pods and log
-	pods map[string]string
-	log  []string
+	mu     sync.Mutex // guards pods, log and refuse
+	pods   map[string]string
+	log    []string
+	refuse string // the add of this UID fails
 }
 
 func (z *ztunnel) AddWorkload(_ context.Context, uid string, info *zdspb.WorkloadInfo, h *netns.Handle) error {
 	h.Close()
 	z.mu.Lock()
 	defer z.mu.Unlock()
+	if uid == z.refuse {
+		return fmt.Errorf("pod %s refused by the test", uid)
+	}
 	z.pods[uid] = info.GetNamespace() + "/" + info.GetName()
 	z.log = append(z.log, "add "+uid)
 	return nil
@@ -341,6 +352,46 @@ func TestCNIAdd(t *testing.T) {
 	}
 	if _, err := c.Call(ctx, agentapi.PathDel, agentapi.PodRequest{PodNamespace: "demo", PodName: "unknown"}); err != nil {
 		t.Errorf("DEL of an unknown pod: %v", err)
+	}
+}
+
+// TestCNIAddFailureUndoesBoth: in ADD the hand-over to ztunnel and the redirection run at
+// once; when either fails, ADD fails naming it and neither is left in place.
+func TestCNIAddFailureUndoesBoth(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	for _, name := range []string{"noredirect", "noztunnel"} {
+		p := testPod(name, "uid-"+name, "", map[string]string{"istio.io/dataplane-mode": "ambient"})
+		p.Status = corev1.PodStatus{Phase: corev1.PodPending}
+		if _, err := h.client.CoreV1().Pods("demo").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.start(t)
+	z, _ := startZtunnel(t, h.cfg.ZDSSocket)
+	waitFor(t, "ztunnel to connect", h.agent.ZDS().Connected)
+	c := agentapi.NewClient(h.cfg.CNISocket, 10*time.Second)
+	h.backend.mu.Lock()
+	h.backend.refuse = "noredirect"
+	h.backend.mu.Unlock()
+	z.mu.Lock()
+	z.refuse = "uid-noztunnel"
+	z.mu.Unlock()
+	for name, want := range map[string]string{
+		"noredirect": "installing recording redirection for pod demo/noredirect",
+		"noztunnel":  "handing pod demo/noztunnel to ztunnel",
+	} {
+		req := agentapi.PodRequest{ContainerID: "c-" + name, Netns: holdNetns(t), IfName: "eth0", PodNamespace: "demo",
+			PodName: name, PodUID: "uid-" + name, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}}
+		if _, err := c.Call(ctx, agentapi.PathAdd, req); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ADD of %s = %v; want an error saying %q", name, err, want)
+		}
+		if z.holds("uid-"+name) || !h.backend.has("unenroll "+name) {
+			t.Errorf("after the failed ADD of %s: ztunnel holds it = %v, redirection removed = %v; want neither left", name, z.holds("uid-"+name), h.backend.has("unenroll "+name))
+		}
+		if h.agent.isMember("demo/" + name) {
+			t.Errorf("after the failed ADD of %s: still a member", name)
+		}
 	}
 }
 

@@ -126,7 +126,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (enrollStep
 	if pid, ok := ctx.Value(peerPIDKey{}).(int); ok && pid > 0 && pid != selfPID {
 		nsPath = filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "root", req.Netns)
 	}
-	steps, err = a.enroll(ctx, pod, nsPath, req.IPs)
+	steps, err = a.enroll(ctx, pod, nsPath, req.IPs, true)
 	if err != nil {
 		if errors.Is(err, zds.ErrNotConnected) {
 			return steps, false, a.notConnected()

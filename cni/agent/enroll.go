@@ -108,7 +108,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 			return fmt.Errorf("finding the netns of running pod %s: %w", key, err)
 		}
 		nsPath := filepath.Join(a.cfg.ProcRoot, strconv.Itoa(pid), "ns", "net")
-		steps, err := a.enroll(ctx, pod, nsPath, podIPs(pod))
+		steps, err := a.enroll(ctx, pod, nsPath, podIPs(pod), false)
 		if err != nil {
 			return err
 		}
@@ -195,9 +195,11 @@ func (s enrollSteps) attrs() []any {
 // millis formats d for a log line: "12.3ms".
 func millis(d time.Duration) string { return fmt.Sprintf("%.1fms", float64(d.Microseconds())/1000) }
 
-// enroll hands the pod to ztunnel, then installs its redirection: in that order, so the
-// captured traffic finds ztunnel's listeners. On failure it undoes both.
-func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr) (enrollSteps, error) {
+// enroll hands the pod to ztunnel and installs its redirection. For a running pod it does
+// them in that order, so the captured traffic finds ztunnel's listeners. For a new sandbox
+// (during its CNI ADD) nothing in the pod runs yet, so both happen at once and the ADD waits
+// for the longer one, not for their sum. On failure it undoes both.
+func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr, newSandbox bool) (enrollSteps, error) {
 	var steps enrollSteps
 	began := time.Now()
 	a.mu.Lock()
@@ -225,18 +227,35 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 		UID: uid, Namespace: pod.Namespace, Name: pod.Name, Netns: fdPath, IPs: ips,
 	}
 	info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
-	step := time.Now()
-	if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
-		err = fmt.Errorf("handing pod %s to ztunnel: %w", key, err)
-		return steps, errors.Join(err, a.zds.Del(ctx, uid), f.Close())
+	handOver := func() error {
+		step := time.Now()
+		defer func() { steps.ztunnel = time.Since(step) }()
+		if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
+			return fmt.Errorf("handing pod %s to ztunnel: %w", key, err)
+		}
+		return nil
 	}
-	steps.ztunnel = time.Since(step)
-	step = time.Now()
-	if err := a.backend.Enroll(ctx, rp); err != nil {
-		err = fmt.Errorf("installing %s redirection for pod %s: %w", a.backend.Name(), key, err)
+	capture := func() error {
+		step := time.Now()
+		defer func() { steps.redirect = time.Since(step) }()
+		if err := a.backend.Enroll(ctx, rp); err != nil {
+			return fmt.Errorf("installing %s redirection for pod %s: %w", a.backend.Name(), key, err)
+		}
+		return nil
+	}
+
+	if newSandbox {
+		handed := make(chan error, 1)
+		go func() { handed <- handOver() }()
+		err = capture()
+		err = errors.Join(<-handed, err)
+	} else if err = handOver(); err == nil {
+		err = capture()
+	}
+	if err != nil {
+		// Both undo steps are no-ops for what was not installed.
 		return steps, errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
 	}
-	steps.redirect = time.Since(step)
 	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
 	a.syncProbeLocked()
 	return steps, nil
