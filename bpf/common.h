@@ -104,10 +104,11 @@ enum {
 #define AF_INET 2
 #define BPF_TCP_LISTEN 10
 
-/* tcx verdicts (enum tcx_action_base). */
-#define TCX_NEXT (-1)
-#define TCX_PASS 0
-#define TCX_DROP 2
+/* TC verdicts of a direct-action cls_bpf program: UNSPEC lets the next filter decide, OK
+ * ends classification and lets the packet on, SHOT drops it. */
+#define TC_ACT_UNSPEC (-1)
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
 
 /* Helpers, by their stable numbers in enum bpf_func_id. */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
@@ -321,10 +322,10 @@ static __always_inline int assign_tcp(struct __sk_buff *skb, struct sock_tuple4 
 {
 	struct bpf_sock *sk = ztunnel_listener(skb, t, port);
 	if (!sk)
-		return TCX_DROP;
+		return TC_ACT_SHOT;
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
-	return err ? TCX_DROP : TCX_PASS;
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* recycle_to handles a SYN that reuses the addresses of a time-wait socket. Assigned to a
@@ -337,7 +338,7 @@ static __always_inline int recycle_to(struct __sk_buff *skb, struct sock_tuple4 
 {
 	struct bpf_sock *sk = ztunnel_listener(skb, t, port);
 	if (!sk)
-		return TCX_DROP;
+		return TC_ACT_SHOT;
 	struct bpf_sock *known = bpf_map_lookup_elem(&zt_listeners, &key);
 	long err = 0;
 	if (known)
@@ -346,8 +347,8 @@ static __always_inline int recycle_to(struct __sk_buff *skb, struct sock_tuple4 
 		err = bpf_map_update_elem(&zt_listeners, &key, sk, BPF_ANY);
 	bpf_sk_release(sk);
 	if (err || bpf_map_update_elem(&recycle, t, &key, BPF_ANY))
-		return TCX_DROP;
-	return TCX_NEXT;
+		return TC_ACT_SHOT;
+	return TC_ACT_UNSPEC;
 }
 
 /* capture_tcp sends a TCP packet that no socket here owns to ztunnel's listener on port. */

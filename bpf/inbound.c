@@ -1,6 +1,6 @@
 //go:build ignore
 
-/* Inbound capture: tcx ingress on every interface of the pod's netns except lo. New TCP
+/* Inbound capture: a tc ingress filter on every interface of the pod's netns except lo. New TCP
  * connections to any port but 15008 go to ztunnel's inbound listener on 15006; 15008 goes to
  * ztunnel's HBONE listener as addressed. Packets of connections a socket already owns pass, and
  * so does everything from the kubelet probe address.
@@ -12,7 +12,7 @@
 
 #include "common.h"
 
-SEC("tcx/ingress")
+SEC("tc")
 int ambit_inbound(struct __sk_buff *skb)
 {
 	struct pkt p = {};
@@ -20,12 +20,12 @@ int ambit_inbound(struct __sk_buff *skb)
 	if (skb->protocol == bpf_htons(ETH_P_IP))
 		set_ztunnel_mark(skb);
 	if (!parse(skb, &p) || p.proto != IPPROTO_TCP)
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	if (p.tuple.saddr == bpf_htonl(PROBE_ADDR) || p.tuple.dport == bpf_htons(PORT_HBONE))
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	enum owner o = owner(skb, &p);
 	if (o == OWNER_SOCKET)
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	return capture_tcp(skb, &p, o, PORT_INBOUND, LISTENER_INBOUND);
 }
 

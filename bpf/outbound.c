@@ -1,6 +1,6 @@
 //go:build ignore
 
-/* Outbound capture: tcx ingress on lo of the pod's netns. The policy routes installed with
+/* Outbound capture: a tc ingress filter on lo of the pod's netns. The policy routes installed with
  * this program send the app's TCP and its DNS queries to a non-local address through lo (the
  * route keeps the packet's destination); here a new TCP connection is handed to ztunnel's
  * outbound listener on 15001 (15053 for TCP port 53) and a UDP DNS query to ztunnel's DNS
@@ -45,7 +45,7 @@ static __always_inline int restore_dns_source(struct __sk_buff *skb, struct pkt 
 	struct endpoint app = {.addr = p->tuple.daddr, .port = p->tuple.dport};
 	struct endpoint *orig = bpf_map_lookup_elem(&dns_origin, &app);
 	if (!orig)
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	struct endpoint o = *orig;
 	__u32 ip_check = p->l3 + __builtin_offsetof(struct iphdr, check);
 	__u32 ip_saddr = p->l3 + __builtin_offsetof(struct iphdr, saddr);
@@ -57,8 +57,8 @@ static __always_inline int restore_dns_source(struct __sk_buff *skb, struct pkt 
 	    bpf_l3_csum_replace(skb, ip_check, p->tuple.saddr, o.addr, 4) ||
 	    bpf_skb_store_bytes(skb, ip_saddr, &o.addr, 4, 0) ||
 	    bpf_skb_store_bytes(skb, udp_sport, &o.port, 2, 0))
-		return TCX_DROP;
-	return TCX_NEXT;
+		return TC_ACT_SHOT;
+	return TC_ACT_UNSPEC;
 }
 
 static __always_inline int capture_dns_udp(struct __sk_buff *skb, struct pkt *p)
@@ -70,11 +70,11 @@ static __always_inline int capture_dns_udp(struct __sk_buff *skb, struct pkt *p)
 	lt.dport = bpf_htons(PORT_DNS);
 	struct bpf_sock *sk = bpf_sk_lookup_udp(skb, &lt, sizeof(lt), BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
-		return TCX_DROP;
+		return TC_ACT_SHOT;
 	bpf_map_update_elem(&dns_origin, &app, &orig, BPF_ANY);
 	long err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
-	return err ? TCX_DROP : TCX_PASS;
+	return err ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* send_out puts a packet of a connection that no socket here owns (one the app opened before
@@ -85,33 +85,33 @@ static __always_inline int send_out(struct __sk_buff *skb)
 	__u32 zero = 0;
 	struct config *c = bpf_map_lookup_elem(&config, &zero);
 	if (!c || !c->egress_ifindex)
-		return TCX_DROP;
+		return TC_ACT_SHOT;
 	set_ztunnel_mark(skb);
 	return bpf_redirect_neigh(c->egress_ifindex, 0, 0, 0);
 }
 
-SEC("tcx/ingress")
+SEC("tc")
 int ambit_outbound(struct __sk_buff *skb)
 {
 	struct pkt p = {};
 
 	if (!parse(skb, &p))
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	if (ztunnel_marked(skb)) {
 		if (p.proto == IPPROTO_UDP && p.tuple.sport == bpf_htons(PORT_DNS))
 			return restore_dns_source(skb, &p);
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	}
 	if (is_local(p.tuple.daddr))
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	if (p.proto == IPPROTO_UDP) {
 		if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))
 			return capture_dns_udp(skb, &p);
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	}
 	enum owner o = owner(skb, &p);
 	if (o == OWNER_SOCKET)
-		return TCX_NEXT;
+		return TC_ACT_UNSPEC;
 	if (!is_syn(&p))
 		return send_out(skb);
 	if (p.tuple.dport == bpf_htons(PORT_DNS_ORIG))

@@ -14,7 +14,6 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/features"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -22,7 +21,8 @@ import (
 )
 
 // ErrNotSupported is wrapped by New's error when the kernel lacks something the redirection
-// needs (tcx, bpf_sk_assign, socket lookups from TC); the caller then uses nftables.
+// needs (TC programs, bpf_sk_assign, socket lookups from TC, sk_lookup); the caller then
+// uses nftables.
 var ErrNotSupported = errors.New("ebpf redirection not supported by this kernel")
 
 // Options configure a Redirector.
@@ -96,6 +96,9 @@ func dropSockmapBTF(cs *ebpf.CollectionSpec) {
 // probe reports missing kernel features as errors wrapping ErrNotSupported.
 func probe() error {
 	if err := features.HaveProgramType(ebpf.SchedCLS); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return fmt.Errorf("loading a TC program: %w (needs CAP_BPF and CAP_NET_ADMIN)", err)
+		}
 		return notSupported("TC programs", err)
 	}
 	for _, h := range []asm.BuiltinFunc{asm.FnSkAssign, asm.FnSkcLookupTcp, asm.FnSkLookupUdp, asm.FnL4CsumReplace, asm.FnRedirectNeigh} {
@@ -108,13 +111,6 @@ func probe() error {
 	}
 	if err := features.HaveMapType(ebpf.SockMap); err != nil {
 		return notSupported("sockmaps", err)
-	}
-	// tcx (Linux 6.6): querying lo of our own netns changes nothing and fails without it.
-	if _, err := link.QueryPrograms(link.QueryOptions{Target: 1, Attach: ebpf.AttachTCXIngress}); err != nil {
-		if errors.Is(err, unix.EPERM) {
-			return fmt.Errorf("querying tcx programs: %w (needs CAP_BPF and CAP_NET_ADMIN)", err)
-		}
-		return notSupported("tcx attachment", err)
 	}
 	return nil
 }
@@ -186,14 +182,14 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 		return err
 	}
 	// Outbound first: it must know the local addresses before the routes send it traffic.
-	if err := replaceTCX(lo, progOutbound, set.out); err != nil {
+	if err := replaceFilter(lo, progOutbound, set.out); err != nil {
 		return err
 	}
 	for _, ifc := range others {
 		if err := setSrcValidMark(ifc.name, true); err != nil {
 			return err
 		}
-		if err := replaceTCX(ifc.index, progInbound, set.in); err != nil {
+		if err := replaceFilter(ifc.index, progInbound, set.in); err != nil {
 			return err
 		}
 	}
@@ -204,18 +200,22 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 	return ensureRouting(lo, src)
 }
 
-// replaceTCX attaches prog to ifindex and then detaches the other programs called name.
-func replaceTCX(ifindex int, name string, prog *ebpf.Program) error {
+// replaceFilter makes prog our filter on ifindex, then removes the other filters of ours
+// called name there (a filter of ours elsewhere in the chain is of another version).
+func replaceFilter(ifindex int, name string, prog *ebpf.Program) error {
 	old, err := ours(ifindex, name)
 	if err != nil {
 		return err
 	}
 	defer closeAll(old)
-	if err := attachTCX(ifindex, name, prog); err != nil {
+	if err := attachFilter(ifindex, name, prog); err != nil {
 		return err
 	}
 	for _, a := range old {
-		if err := detach(ifindex, a.prog); err != nil {
+		if a.filter.Priority == filterPrio && a.filter.Handle == filterHandle {
+			continue // replaced in place
+		}
+		if err := detach(a); err != nil {
 			return err
 		}
 	}
@@ -421,7 +421,7 @@ func (r *Redirector) Installed(ctx context.Context, netnsPath string) ([]string,
 				for _, a := range have {
 					info, _ := a.prog.Info()
 					id, _ := info.ID()
-					out = append(out, fmt.Sprintf("tcx ingress %s: program %s id %d", l.Attrs().Name, name, id))
+					out = append(out, fmt.Sprintf("tc ingress %s: program %s id %d", l.Attrs().Name, name, id))
 				}
 				closeAll(have)
 			}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 func newRedirector(t testing.TB) *Redirector {
@@ -356,5 +360,59 @@ func BenchmarkLoadSet(b *testing.B) {
 				s.close()
 			}
 		})
+	}
+}
+
+// TestForeignFiltersKept: another tool's tc filter on the pod's interface stays through Attach
+// and Detach, and so does the clsact qdisc it needs; our own filter runs first (priority 1).
+func TestForeignFiltersKept(t *testing.T) {
+	ctx := context.Background()
+	tp := newTopo(t)
+	foreign, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "foreign", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}, // TC_ACT_UNSPEC
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	filters := func() string {
+		var out string
+		tp.pod.Do(func() error {
+			b, err := exec.Command("tc", "filter", "show", "dev", "eth0", "ingress").CombinedOutput()
+			out = string(b)
+			return err
+		})
+		return out
+	}
+	if err := tp.pod.Do(func() error {
+		ifc, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.QdiscAdd(clsact(ifc.Index)); err != nil {
+			return err
+		}
+		return netlink.FilterAdd(&netlink.BpfFilter{
+			FilterAttrs: netlink.FilterAttrs{LinkIndex: ifc.Index, Parent: netlink.HANDLE_MIN_INGRESS, Priority: 100, Handle: 1, Protocol: unix.ETH_P_ALL},
+			Fd:          foreign.FD(), Name: "foreign", DirectAction: true,
+		})
+	}); err != nil {
+		t.Fatalf("adding the foreign filter: %v", err)
+	}
+	r := newRedirector(t)
+	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	during := filters()
+	first, foreignAt := strings.Index(during, progInbound), strings.Index(during, "foreign")
+	if first < 0 || foreignAt < 0 || first > foreignAt {
+		t.Errorf("tc filters on eth0 after Attach:\n%s\nwant %s first, then the foreign one", during, progInbound)
+	}
+	if err := r.Detach(ctx, tp.podPath); err != nil {
+		t.Fatalf("Detach: %v", err)
+	}
+	if after := filters(); strings.Contains(after, progInbound) || !strings.Contains(after, "foreign") {
+		t.Errorf("tc filters on eth0 after Detach:\n%s\nwant only the foreign one", after)
 	}
 }

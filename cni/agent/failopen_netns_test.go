@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/bpf"
@@ -219,7 +217,7 @@ func dialFirstLine(h *netns.Handle, addr string) (string, error) {
 }
 
 // podNetnsState describes what a backend could have installed in a pod netns: nftables,
-// ip rules, routes of every table, the sysctl the eBPF backend sets and tcx programs.
+// ip rules, routes of every table, the sysctl the eBPF backend sets, qdiscs and tc filters.
 func podNetnsState(t *testing.T, n *testutil.NetNS) string {
 	var b strings.Builder
 	for _, args := range [][]string{
@@ -227,24 +225,11 @@ func podNetnsState(t *testing.T, n *testutil.NetNS) string {
 		{"ip", "-4", "rule", "show"},
 		{"ip", "-4", "route", "show", "table", "all"},
 		{"sysctl", "net.ipv4.conf.eth0.src_valid_mark"},
+		{"tc", "qdisc", "show"},
+		{"tc", "filter", "show", "dev", "lo", "ingress"},
+		{"tc", "filter", "show", "dev", "eth0", "ingress"},
 	} {
 		fmt.Fprintf(&b, "$ %s\n%s", strings.Join(args, " "), n.Run(t, args...))
 	}
-	n.Handle.Do(func() error {
-		for _, name := range []string{"lo", "eth0"} {
-			ifc, err := net.InterfaceByName(name)
-			if err != nil {
-				fmt.Fprintf(&b, "%s: %v\n", name, err)
-				continue
-			}
-			r, err := link.QueryPrograms(link.QueryOptions{Target: ifc.Index, Attach: ebpf.AttachTCXIngress})
-			if err != nil {
-				fmt.Fprintf(&b, "tcx ingress %s: %v\n", name, err)
-				continue
-			}
-			fmt.Fprintf(&b, "tcx ingress %s: %d programs\n", name, len(r.Programs))
-		}
-		return nil
-	})
 	return b.String()
 }

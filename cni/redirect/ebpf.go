@@ -8,7 +8,7 @@ import (
 	"github.com/ambit-mesh/ambit/bpf"
 )
 
-// EBPF captures pods with tcx and sk_lookup programs and policy routes inside each pod's netns
+// EBPF captures pods with tc and sk_lookup programs and policy routes inside each pod's netns
 // (see package bpf). Like NFTables it keeps no state in the process: a new EBPF finds and
 // reconciles what an earlier process installed.
 type EBPF struct {
@@ -20,7 +20,7 @@ type EBPF struct {
 func NewEBPF() (*EBPF, error) { return NewEBPFAt("") }
 
 // NewEBPFAt returns the eBPF backend, or an error wrapping ErrNotSupported (and
-// bpf.ErrNotSupported) when this kernel lacks tcx, sk_lookup, bpf_sk_assign or the socket
+// bpf.ErrNotSupported) when this kernel lacks TC programs, sk_lookup, bpf_sk_assign or the socket
 // lookups, or pinDir is not on a bpffs. pinDir ("" for bpf.DefaultPinDir) holds one small
 // directory per enrolled pod and must be the same across agent restarts.
 func NewEBPFAt(pinDir string) (*EBPF, error) {
