@@ -38,8 +38,10 @@ type Result struct {
 // MinKubernetes is the oldest Kubernetes minor version Ambit supports (1.<MinKubernetes>).
 const MinKubernetes = 30
 
-// minEBPFKernel is the kernel that has tcx attachment, which the eBPF backend uses.
-var minEBPFKernel = [2]int{6, 6}
+// minEBPFKernel is the first kernel with everything the eBPF backend uses: bpf_sk_assign in
+// TC programs (5.7), sk_lookup programs (5.9) and bpf_redirect_neigh (5.10). The node agent
+// probes each itself and falls back to nftables; this check only warns ahead.
+var minEBPFKernel = [2]int{5, 10}
 
 // componentLabel is ambitctl's label on what it installed (ambitctl/install.ComponentLabel).
 const componentLabel = "install.ambit.dev/component"
@@ -138,7 +140,7 @@ func conflicts(ctx context.Context, k kubernetes.Interface) []Result {
 	return []Result{{Check: "other Istio installs", Status: Pass, Message: "none" + upgrade}}
 }
 
-// kernels checks each node's kernel for tcx (the eBPF backend's attachment).
+// kernels checks each node's kernel release against minEBPFKernel.
 func kernels(ctx context.Context, k kubernetes.Interface) []Result {
 	nodes, err := k.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -155,7 +157,7 @@ func kernels(ctx context.Context, k kubernetes.Interface) []Result {
 		}
 	}
 	if len(old) > 0 {
-		return []Result{{Check: "node kernels", Status: Warn, Message: fmt.Sprintf("eBPF redirection needs Linux %d.%d or later (tcx); these nodes use nftables instead: %s", minEBPFKernel[0], minEBPFKernel[1], strings.Join(old, ", "))}}
+		return []Result{{Check: "node kernels", Status: Warn, Message: fmt.Sprintf("eBPF redirection needs Linux %d.%d or later; these nodes use nftables instead: %s", minEBPFKernel[0], minEBPFKernel[1], strings.Join(old, ", "))}}
 	}
 	return []Result{{Check: "node kernels", Status: Pass, Message: fmt.Sprintf("all %d nodes run Linux %d.%d or later: eBPF redirection available", len(nodes.Items), minEBPFKernel[0], minEBPFKernel[1])}}
 }
