@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -44,12 +45,19 @@ var sharedMaps = []string{"local_addrs", "zt_listeners", "recycle"}
 
 // Redirector installs and removes the eBPF redirection in pod network namespaces. It holds no
 // state of its own: everything lives in the namespaces and under Options.PinDir, so a new
-// Redirector (after an agent restart) picks up what an old one installed. Safe for concurrent
-// use on different network namespaces.
+// Redirector (after an agent restart) picks up what an old one installed. (It keeps one set
+// of programs loaded ahead, attached nowhere.) Safe for concurrent use on different network
+// namespaces.
 type Redirector struct {
 	pinDir string
 	specs  map[string]*ebpf.CollectionSpec // by program name
 	tags   map[string]string               // kernel tag of each program, by name
+
+	// spare holds a pod's set of programs and maps loaded ahead of time, so that an Attach
+	// does not wait for the verifier (5 ms, BenchmarkLoadSet); refilling is set while the
+	// next one loads.
+	spare     chan *progSet
+	refilling *atomic.Bool
 }
 
 // New checks that the kernel supports the redirection and prepares the programs. Its errors
@@ -58,7 +66,10 @@ func New(opts Options) (*Redirector, error) {
 	if err := probe(); err != nil {
 		return nil, err
 	}
-	r := &Redirector{pinDir: opts.PinDir, specs: map[string]*ebpf.CollectionSpec{}, tags: map[string]string{}}
+	r := &Redirector{
+		pinDir: opts.PinDir, specs: map[string]*ebpf.CollectionSpec{}, tags: map[string]string{},
+		spare: make(chan *progSet, 1), refilling: new(atomic.Bool),
+	}
 	if r.pinDir == "" {
 		r.pinDir = DefaultPinDir
 	}
@@ -170,7 +181,7 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 
 	// Something is missing or of another version: install a fresh set, each new program in
 	// front of the one it replaces, then remove the old ones, so the capture has no gap.
-	set, err := r.loadSet()
+	set, err := r.takeSet()
 	if err != nil {
 		return err
 	}
@@ -284,6 +295,39 @@ func (s *progSet) close() {
 	}
 }
 
+// takeSet returns the spare set if one is ready, else loads one, then has the next spare
+// loaded in the background.
+func (r *Redirector) takeSet() (*progSet, error) {
+	defer r.refill()
+	select {
+	case s := <-r.spare:
+		return s, nil
+	default:
+		return r.loadSet()
+	}
+}
+
+// refill loads a spare set in the background, unless one is ready or loading. A failure
+// leaves none: the next takeSet loads in line and reports the error.
+func (r *Redirector) refill() {
+	if len(r.spare) > 0 || !r.refilling.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer r.refilling.Store(false)
+		s, err := r.loadSet()
+		if err != nil {
+			return
+		}
+		select {
+		case r.spare <- s:
+		default:
+			s.close()
+		}
+	}()
+}
+
+// loadSet loads a fresh set: the three programs sharing one set of maps.
 func (r *Redirector) loadSet() (*progSet, error) {
 	outColl, err := newCollection(r.specs[progOutbound], nil)
 	if err != nil {

@@ -113,6 +113,8 @@ func TestRedirection(t *testing.T) {
 	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach: %v", err)
 	}
+	// The spare set loaded for the next pod is the Redirector's own, not the pod's.
+	dropSpare(r)
 	// Other goroutines of the test binary (the test servers ending connections) may open or
 	// close descriptors meanwhile: only a count that stays higher is a leak.
 	got := openFds(t)
@@ -414,5 +416,58 @@ func TestForeignFiltersKept(t *testing.T) {
 	}
 	if after := filters(); strings.Contains(after, progInbound) || !strings.Contains(after, "foreign") {
 		t.Errorf("tc filters on eth0 after Detach:\n%s\nwant only the foreign one", after)
+	}
+}
+
+// dropSpare waits for r's background load to end and closes the spare set it made.
+func dropSpare(r *Redirector) {
+	for r.refilling.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case s := <-r.spare:
+		s.close()
+	default:
+	}
+}
+
+// TestSpareSet: after an Attach loads a pod's programs, the next set is loaded in the
+// background, and the next pod's Attach uses it.
+func TestSpareSet(t *testing.T) {
+	ctx := context.Background()
+	r := newRedirector(t)
+	first, second := newTopo(t), newTopo(t)
+	if err := r.Attach(ctx, first.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(r.spare) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no spare set loaded 10 s after the first Attach")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s := <-r.spare
+	info, err := s.out.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	r.spare <- s
+	if err := r.Attach(ctx, second.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("second Attach: %v", err)
+	}
+	got, err := r.Installed(ctx, second.podPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("tc ingress lo: program %s id %d", progOutbound, id)
+	if !slices.Contains(got, want) {
+		t.Errorf("second pod's install:\n%s\nwant the spare set's outbound program: %q", strings.Join(got, "\n"), want)
+	}
+	for _, tp := range []*topo{first, second} {
+		if err := r.Detach(ctx, tp.podPath); err != nil {
+			t.Errorf("Detach: %v", err)
+		}
 	}
 }
