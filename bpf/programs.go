@@ -15,8 +15,8 @@ import (
 // interface, at one priority and handle. Not tcx: every tcx attach waits for an RCU grace
 // period while holding the RTNL lock (the kernel swaps the device's program array, then
 // synchronize_rcu), 4-15 ms on a busy node and twice per pod, where a filter takes under 2 ms.
-// The programs' verdicts (TCX_NEXT, TCX_PASS, TCX_DROP) are TC_ACT_UNSPEC, TC_ACT_OK and
-// TC_ACT_SHOT by value, so they mean the same on either hook.
+// The programs' verdicts, TC_ACT_UNSPEC, TC_ACT_OK and TC_ACT_SHOT, have the values of tcx's
+// TCX_NEXT, TCX_PASS and TCX_DROP, so the programs would mean the same on either hook.
 const (
 	filterPrio   = 1
 	filterHandle = 1
