@@ -209,6 +209,11 @@ func waitObjectsGone(ctx context.Context, k *Kube, kinds []schema.GroupVersionRe
 			return false, nil // the next poll, or the timeout, tells
 		}
 		left = objs
+		for _, o := range left {
+			if o.GetKind() == "CustomResourceDefinition" && o.GetDeletionTimestamp() != nil {
+				releaseEmptyCRD(ctx, k, o)
+			}
+		}
 		return len(left) == 0, nil
 	}, func() error {
 		names := make([]string, len(left))
@@ -220,6 +225,44 @@ func waitObjectsGone(ctx context.Context, k *Kube, kinds []schema.GroupVersionRe
 		}
 		return fmt.Errorf("still there after the delete: %s; see what holds them with kubectl get -o yaml", strings.Join(names, ", "))
 	})
+}
+
+// crdCleanup is the API server's finalizer on a CRD being deleted: it deletes the CRD's
+// custom resources, then lets the CRD go.
+const crdCleanup = "customresourcecleanup.apiextensions.k8s.io"
+
+// releaseEmptyCRD removes crdCleanup from the terminating CRD crd once a list of its custom
+// resources, read from etcd, finds none: there is nothing left for the finalizer to delete.
+// The API server's own finalizer lists them through the CRD's watch cache, which is rebuilt
+// when the CRD changes; a list during the rebuild fails ("storage is (re)initializing") and
+// the finalizer retries with a growing backoff, so a CRD deleted soon after it was made can
+// stay for minutes. Any error leaves the CRD to the API server and the next poll.
+func releaseEmptyCRD(ctx context.Context, k *Kube, crd unstructured.Unstructured) {
+	if !slices.Contains(crd.GetFinalizers(), crdCleanup) {
+		return
+	}
+	group, _, _ := unstructured.NestedString(crd.Object, "spec", "group")
+	plural, _, _ := unstructured.NestedString(crd.Object, "spec", "names", "plural")
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	var version string
+	for _, v := range versions {
+		if m, ok := v.(map[string]any); ok && m["served"] == true {
+			version, _ = m["name"].(string)
+			break
+		}
+	}
+	if group == "" || plural == "" || version == "" {
+		return
+	}
+	// No resourceVersion: a consistent read, from etcd when the cache is not ready.
+	list, err := k.Dynamic.Resource(schema.GroupVersionResource{Group: group, Version: version, Resource: plural}).
+		List(ctx, metav1.ListOptions{Limit: 1})
+	if err != nil || len(list.Items) > 0 {
+		return
+	}
+	crd.SetFinalizers(slices.DeleteFunc(slices.Clone(crd.GetFinalizers()), func(f string) bool { return f == crdCleanup }))
+	// The update carries crd's resourceVersion: if anything changed meanwhile it is refused.
+	k.Dynamic.Resource(crdResource).Update(ctx, &crd, metav1.UpdateOptions{})
 }
 
 // removeIstiodObjects deletes the root certificate ConfigMaps istiod-lite published and, with
