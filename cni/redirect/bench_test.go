@@ -29,7 +29,7 @@ func BenchmarkEnroll(b *testing.B) {
 	ctx := context.Background()
 	for _, be := range []redirect.Backend{nft, ebpf} {
 		b.Run(be.Name(), func(b *testing.B) {
-			for i := 0; b.Loop(); i++ {
+			for b.Loop() {
 				b.StopTimer()
 				n := testutil.NewNetNS(b, "bench")
 				n.Run(b, "ip", "link", "set", "lo", "up")
