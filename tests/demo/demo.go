@@ -192,12 +192,9 @@ func (d *run) deploy(ctx context.Context) error {
 		}
 		d.pods[name] = pods[0]
 	}
-	if err := waitEndpoints(ctx, c, "nginx", 2); err != nil {
-		return err
-	}
-	svc, err := c.Client.CoreV1().Services(Namespace).Get(ctx, "nginx", metav1.GetOptions{})
+	svc, err := c.WaitServiceRouted(ctx, Namespace, "nginx", 2, time.Minute)
 	if err != nil {
-		return fmt.Errorf("reading Service nginx: %w", err)
+		return err
 	}
 	d.nginxVIP = svc.Spec.ClusterIP
 	var where []string
@@ -451,23 +448,4 @@ func (d *run) leave(ctx context.Context) error {
 	}
 	d.s.show("other -> nginx answers again: L4 policy is the destination ztunnel's job, and it is out of the path")
 	return nil
-}
-
-// waitEndpoints waits until Service svc has n ready endpoints.
-func waitEndpoints(ctx context.Context, c *cluster.Cluster, svc string, n int) error {
-	return c.Wait(ctx, time.Minute, fmt.Sprintf("%d ready endpoints of Service %s", n, svc), func(ctx context.Context) (bool, error) {
-		slices, err := c.Client.DiscoveryV1().EndpointSlices(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
-		if err != nil {
-			return false, nil
-		}
-		ready := 0
-		for _, s := range slices.Items {
-			for _, e := range s.Endpoints {
-				if e.Conditions.Ready != nil && *e.Conditions.Ready {
-					ready++
-				}
-			}
-		}
-		return ready == n, nil
-	})
 }

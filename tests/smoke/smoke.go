@@ -196,30 +196,24 @@ func Run(ctx context.Context, c *cluster.Cluster, ns string, step Step) error {
 	}
 	step("pods reach the apiserver through the kubernetes Service", fmt.Sprintf("GET %s from the client pod: TLS verified, 200", apiURL))
 
-	svc, err := c.Client.CoreV1().Services(ns).Get(ctx, "echo", metav1.GetOptions{})
+	svc, err := c.WaitServiceRouted(ctx, ns, "echo", 2, time.Minute)
 	if err != nil {
-		return fmt.Errorf("getting Service echo: %w", err)
-	}
-	if err := waitEndpoints(ctx, c, ns, "echo", 2); err != nil {
 		return err
 	}
-	// kube-proxy programs a new endpoint a moment after the EndpointSlice shows it ready:
-	// keep sending until both replicas have answered.
-	// Until then it refuses connections to a Service it believes has no endpoints.
+	// Every request must be answered now; kube-proxy picks a replica at random, so keep
+	// sending until both have answered.
 	byPod := map[string]int{}
-	var lastErr error
 	err = c.Wait(ctx, 30*time.Second, "both replicas behind ClusterIP "+svc.Spec.ClusterIP, func(ctx context.Context) (bool, error) {
 		s, err := RunClient(ctx, c, ns, "client", fmt.Sprintf("http://%s:80/", svc.Spec.ClusterIP), 20)
-		lastErr = err
+		if err != nil {
+			return false, err
+		}
 		for pod, n := range s.ByPod {
 			byPod[pod] += n
 		}
-		return err == nil && byPod[echoes[0].Name] > 0 && byPod[echoes[1].Name] > 0, nil
+		return byPod[echoes[0].Name] > 0 && byPod[echoes[1].Name] > 0, nil
 	})
 	if err != nil {
-		if lastErr != nil {
-			return fmt.Errorf("%w; answers so far: %v; last error: %w", err, byPod, lastErr)
-		}
 		return fmt.Errorf("%w; answers so far: %v", err, byPod)
 	}
 	step("Service ClusterIP balances over both replicas (kube-proxy)", fmt.Sprintf("%s:80 -> %v", svc.Spec.ClusterIP, byPod))
@@ -260,23 +254,4 @@ func RunClient(ctx context.Context, c *cluster.Cluster, ns, pod, url string, cou
 		return s, fmt.Errorf("echo client in %s/%s against %s: %d/%d ok, first error %q (%v)", ns, pod, url, s.OK, count, s.FirstError, err)
 	}
 	return s, nil
-}
-
-// waitEndpoints waits until a Service has n ready endpoints, so kube-proxy has programmed them.
-func waitEndpoints(ctx context.Context, c *cluster.Cluster, ns, svc string, n int) error {
-	return c.Wait(ctx, time.Minute, fmt.Sprintf("%d endpoints of Service %s", n, svc), func(ctx context.Context) (bool, error) {
-		slices, err := c.Client.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + svc})
-		if err != nil {
-			return false, nil
-		}
-		ready := 0
-		for _, s := range slices.Items {
-			for _, e := range s.Endpoints {
-				if e.Conditions.Ready != nil && *e.Conditions.Ready {
-					ready++
-				}
-			}
-		}
-		return ready >= n, nil
-	})
 }
