@@ -21,7 +21,10 @@
 // non-200 answer comes back as a *StatusError.
 //
 // A Stream is a net.Conn: Read, Write, CloseWrite (END_STREAM), Close
-// (END_STREAM or RST_STREAM) and deadlines. A stream the peer reset fails with
+// (END_STREAM or RST_STREAM) and deadlines. CopyTo (and WriteTo) copies a
+// stream into a writer; into a *net.TCPConn the connection's read loop writes
+// DATA payloads itself while the socket takes them without blocking, so a
+// small request costs no goroutine hand-off. A stream the peer reset fails with
 // ErrStreamReset, one whose connection died with ErrConnClosed.
 //
 // The HTTP/2 data path is written for throughput rather than generality: it

@@ -286,6 +286,10 @@ func (c *conn) readData(length uint32, flags http2.Flags, sid uint32) error {
 		return err
 	}
 	s.recvWin -= int64(length)
+	if s.sink != nil && !s.sinkBusy && s.rb.n == 0 && payload > 0 {
+		s.sinkBusy = true
+		return c.deliverLocked(s, payload, pad, length, end)
+	}
 	buf := s.rb.reserve(int(payload))
 	c.mu.Unlock()
 

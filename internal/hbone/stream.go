@@ -46,6 +46,13 @@ type Stream struct {
 	headersDone bool  // client: final response headers arrived
 	status      int   // client: response :status
 	rdl, wdl    deadline
+
+	// Direct delivery (deliver.go), guarded by c.mu:
+	sink      *sinkWriter // CopyTo's TCP socket, which the read loop may write to
+	sinkCount func(int64) // CopyTo's count
+	sinkBusy  bool        // the read loop or CopyTo is writing to the sink
+	sinkN     int64       // bytes the read loop wrote to the sink
+	sinkErr   error       // a write of the read loop to the sink failed
 }
 
 type deadline struct {

@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"github.com/ambit-mesh/ambit/internal/hbone"
 )
 
 // closeWriter is a connection that can half-close: *net.TCPConn and HBONE streams.
@@ -63,6 +65,9 @@ func pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 				break
 			}
 		}
+	} else if st, ok := src.(*hbone.Stream); ok {
+		// The HBONE read loop writes into dst itself while dst keeps up.
+		n, err = st.CopyTo(dst, count)
 	} else {
 		bp := bufPool.Get().(*[]byte)
 		n, err = io.CopyBuffer(countingWriter{dst, count}, onlyReader{src}, *bp)

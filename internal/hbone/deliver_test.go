@@ -1,0 +1,174 @@
+package hbone
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (w, r *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := <-accepted
+	if a == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d.(*net.TCPConn), a.(*net.TCPConn)
+}
+
+// copyThrough sends size pattern bytes through an echoing stream and CopyTo's them into a
+// TCP socket whose other end read drains; it returns what CopyTo and count reported, the
+// bytes the read loop wrote itself, and read's result.
+func copyThrough(t *testing.T, e *env, size int64, read func(*net.TCPConn) (int64, []byte, error)) (n, counted, direct int64, got int64, sum []byte, err error) {
+	t.Helper()
+	s := e.dial(t, 80)
+	defer s.Close()
+	w, r := tcpPair(t)
+	go func() {
+		if _, err := io.Copy(s, newPattern(size)); err == nil {
+			s.CloseWrite()
+		}
+	}()
+	type result struct {
+		got int64
+		sum []byte
+		err error
+	}
+	rc := make(chan result, 1)
+	go func() {
+		g, h, err := read(r)
+		rc <- result{g, h, err}
+	}()
+	var cnt atomic.Int64
+	n, err = s.CopyTo(w, func(k int64) { cnt.Add(k) })
+	if err == nil {
+		w.CloseWrite()
+	} else {
+		w.Close()
+	}
+	res := <-rc
+	s.c.mu.Lock()
+	direct = s.sinkN
+	s.c.mu.Unlock()
+	if res.err != nil && err == nil {
+		err = res.err
+	}
+	return n, cnt.Load(), direct, res.got, res.sum, err
+}
+
+func hashAll(r *net.TCPConn) (int64, []byte, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	return n, h.Sum(nil), err
+}
+
+// A reader that keeps up gets the tunnelled bytes from the read loop itself, whole and in
+// order; count adds up to what was sent.
+func TestCopyToTCPDirect(t *testing.T) {
+	e := newEnv(t, echo)
+	const size = 64 << 20
+	n, counted, direct, got, sum, err := copyThrough(t, e, size, hashAll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != size || counted != size || got != size {
+		t.Fatalf("CopyTo returned %d, count saw %d, the socket's reader got %d; want %d each", n, counted, got, size)
+	}
+	if want := newPattern(size).sum(); !bytes.Equal(sum, want) {
+		t.Fatalf("content differs: sha256 %x, want %x", sum, want)
+	}
+	if direct == 0 {
+		t.Fatalf("the read loop delivered nothing itself; want direct writes into the socket")
+	}
+	t.Logf("%d of %d bytes written by the read loop", direct, size)
+}
+
+// A reader that stalls makes the socket refuse data: the rest is buffered and written by
+// CopyTo, still whole and in order.
+func TestCopyToTCPSlowReader(t *testing.T) {
+	e := newEnv(t, echo)
+	const size = 32 << 20
+	slow := func(r *net.TCPConn) (int64, []byte, error) {
+		// The socket's buffers (a few MiB at most) fill, and the sink blocks. (A shrunk
+		// SO_RCVBUF would stall loopback TCP, whose segments are larger than it.)
+		time.Sleep(300 * time.Millisecond)
+		h := sha256.New()
+		buf := make([]byte, 1500)
+		var n int64
+		for {
+			k, err := r.Read(buf)
+			h.Write(buf[:k])
+			n += int64(k)
+			if errors.Is(err, io.EOF) {
+				return n, h.Sum(nil), nil
+			}
+			if err != nil {
+				return n, nil, err
+			}
+		}
+	}
+	n, counted, direct, got, sum, err := copyThrough(t, e, size, slow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != size || counted != size || got != size {
+		t.Fatalf("CopyTo returned %d, count saw %d, the socket's reader got %d; want %d each", n, counted, got, size)
+	}
+	if want := newPattern(size).sum(); !bytes.Equal(sum, want) {
+		t.Fatalf("content differs: sha256 %x, want %x", sum, want)
+	}
+	if direct == size {
+		t.Fatalf("every byte went directly; the stalled reader should have made CopyTo buffer some")
+	}
+	t.Logf("%d of %d bytes written by the read loop", direct, size)
+}
+
+// A socket that fails under the read loop ends CopyTo with the error, and the connection's
+// window stays whole: the next stream on it moves more than the connection window.
+func TestCopyToTCPFailedSink(t *testing.T) {
+	e := newEnv(t, echo)
+	reset := func(r *net.TCPConn) (int64, []byte, error) {
+		buf := make([]byte, 64<<10)
+		n, err := io.ReadAtLeast(r, buf, 1<<20)
+		r.SetLinger(0)
+		r.Close() // RST: the next writes into the other end fail
+		return int64(n), nil, err
+	}
+	_, _, _, _, _, err := copyThrough(t, e, 256<<20, reset)
+	if err == nil {
+		t.Fatal("CopyTo into a reset socket: got no error")
+	}
+	t.Logf("CopyTo: %v", err)
+
+	size := int64(3 * connWindow)
+	n, _, _, got, sum, err := copyThrough(t, e, size, hashAll)
+	if err != nil {
+		t.Fatalf("next stream: %v", err)
+	}
+	if n != size || got != size || !bytes.Equal(sum, newPattern(size).sum()) {
+		t.Fatalf("next stream: CopyTo returned %d, reader got %d of %d bytes", n, got, size)
+	}
+	if c := e.pool.numConns(); c != 1 {
+		t.Fatalf("connections: %d; want the same one reused", c)
+	}
+}
