@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 )
@@ -18,6 +19,9 @@ func main() {
 	cfg := DefaultConfig()
 	cfg.bindFlags(flag.CommandLine)
 	flag.Parse()
+	if cfg.WorkerThreads > 0 {
+		runtime.GOMAXPROCS(cfg.WorkerThreads)
+	}
 
 	level := new(slog.LevelVar)
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
@@ -59,6 +63,9 @@ type Config struct {
 	// Drain is how long open connections may finish after a stop signal.
 	Drain    time.Duration
 	LogLevel string
+	// WorkerThreads caps the threads running Go code at once (GOMAXPROCS); 0 keeps Go's
+	// default, the CPUs ztunnel may use.
+	WorkerThreads int
 }
 
 // DefaultConfig returns the values used when no flag says otherwise.
@@ -105,4 +112,5 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ResolvConf, "resolv-conf", c.ResolvConf, "upstream resolvers of the DNS proxy; empty disables the DNS proxy")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "how long open connections may finish after SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.IntVar(&c.WorkerThreads, "worker-threads", c.WorkerThreads, "threads running the proxy at once (GOMAXPROCS); 0: one per CPU ztunnel may use")
 }
