@@ -40,8 +40,14 @@ func (s *Stream) CopyTo(dst io.Writer, count func(int64)) (total int64, err erro
 			sink = newSinkWriter(rc)
 		}
 	}
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	// The buffer is taken only while there is buffered data to write: a stream whose data
+	// the read loop delivers holds none.
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			copyBufs.Put(bp)
+		}
+	}()
 	c.mu.Lock()
 	s.sink, s.sinkCount = sink, count
 	defer func() {
@@ -58,6 +64,9 @@ func (s *Stream) CopyTo(dst io.Writer, count func(int64)) (total int64, err erro
 			return total, s.sinkErr
 		}
 		if s.rb.n > 0 && !s.sinkBusy {
+			if bp == nil {
+				bp = copyBufs.Get().(*[]byte)
+			}
 			n := s.rb.read(*bp)
 			s.sinkBusy = true
 			c.mu.Unlock()
@@ -71,6 +80,10 @@ func (s *Stream) CopyTo(dst io.Writer, count func(int64)) (total int64, err erro
 			s.creditLocked(int64(n))
 			if err != nil {
 				return total, err
+			}
+			if s.rb.n == 0 {
+				copyBufs.Put(bp)
+				bp = nil
 			}
 			continue
 		}
@@ -103,13 +116,13 @@ func (c *conn) deliverLocked(s *Stream, payload, pad, length uint32, end bool) e
 	var werr, rerr error
 	blocked := false
 	for rem := int(payload); rem > 0; {
-		if c.br.Buffered() == 0 {
-			if _, rerr = c.br.Peek(1); rerr != nil {
-				break
-			}
+		// The whole frame is on its way: wait for as much of it as the read buffer holds,
+		// so that a bulk flow leaves in writes of 64 KiB, not one per TLS record.
+		k := min(rem, c.br.Size())
+		var b []byte
+		if b, rerr = c.br.Peek(k); rerr != nil {
+			break
 		}
-		k := min(rem, c.br.Buffered())
-		b, _ := c.br.Peek(k)
 		if !blocked && werr == nil {
 			n, err := sink.write(b)
 			written += n
