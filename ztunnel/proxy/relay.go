@@ -14,9 +14,60 @@ type closeWriter interface {
 	CloseWrite() error
 }
 
-// bufPool holds the copy buffers. 64 KiB matches the largest TLS record batches HBONE writes;
-// TCP-to-TCP copies do not use it (io.Copy splices them in the kernel).
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// Copy buffers: a copy waits for data in a small buffer of its own and moves to a pooled
+// large one only while reads keep filling what it has, so an idle connection holds 16 KiB per
+// direction, not 64. 64 KiB matches the largest TLS record batches HBONE writes. TCP-to-TCP
+// copies use neither (io.Copy splices them in the kernel), nor do HBONE streams into TCP
+// (hbone.Stream.CopyTo).
+const (
+	smallBuf = 16 << 10
+	largeBuf = 64 << 10
+)
+
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBuf); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBuf); return &b }}
+)
+
+// copyAdaptive copies src to dst like io.Copy, reporting every write to count.
+func copyAdaptive(dst io.Writer, src io.Reader, count func(int64)) (int64, error) {
+	sp := smallBufs.Get().(*[]byte)
+	small := *sp
+	buf := small
+	var large *[]byte
+	defer func() {
+		smallBufs.Put(sp)
+		if large != nil {
+			largeBufs.Put(large)
+		}
+	}()
+	var total int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			count(int64(w))
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+		switch {
+		case n == len(buf) && large == nil:
+			large = largeBufs.Get().(*[]byte)
+			buf = *large
+		case n < smallBuf && large != nil:
+			largeBufs.Put(large)
+			large, buf = nil, small
+		}
+	}
+}
 
 // relay copies both ways between the client side a and the server side b until both
 // directions end, half-closing each side when the other finishes sending. It counts the bytes
@@ -69,9 +120,7 @@ func pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 		// The HBONE read loop writes into dst itself while dst keeps up.
 		n, err = st.CopyTo(dst, count)
 	} else {
-		bp := bufPool.Get().(*[]byte)
-		n, err = io.CopyBuffer(countingWriter{dst, count}, onlyReader{src}, *bp)
-		bufPool.Put(bp)
+		n, err = copyAdaptive(dst, src, count)
 	}
 	if err != nil {
 		dst.Close()
@@ -95,19 +144,3 @@ func pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 func isClosed(err error) bool {
 	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe)
 }
-
-// countingWriter reports every write's size; like onlyReader it hides ReadFrom/WriteTo so that
-// CopyBuffer uses the pooled buffer instead of allocating one for types that implement them
-// partially.
-type countingWriter struct {
-	w     io.Writer
-	count func(int64)
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.count(int64(n))
-	return n, err
-}
-
-type onlyReader struct{ io.Reader }
