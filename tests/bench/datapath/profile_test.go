@@ -31,12 +31,15 @@ func profileZtunnels(ctx context.Context, v *variant, dir string) (string, error
 	for _, zt := range v.proxies {
 		go func() {
 			path := filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+".pprof")
-			err := profile(ctx, zt, seconds, path)
-			var top string
+			err := fetchAdmin(ctx, zt, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), path)
+			var top, mem string
 			if err == nil {
 				top, err = pprofTop(ctx, path)
 			}
-			results <- result{zt.Spec.NodeName, fmt.Sprintf("ztunnel on %s (%s):\n%s", zt.Spec.NodeName, path, top), err}
+			if err == nil {
+				mem, err = memory(ctx, zt, filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+".heap"))
+			}
+			results <- result{zt.Spec.NodeName, fmt.Sprintf("ztunnel on %s (%s):\n%s\n%s", zt.Spec.NodeName, path, top, mem), err}
 		}()
 	}
 	if _, err := runFortio(ctx, v.ns, v.url, 0); err != nil {
@@ -53,8 +56,47 @@ func profileZtunnels(ctx context.Context, v *variant, dir string) (string, error
 	return strings.Join(tops, "\n"), nil
 }
 
-// profile writes a CPU profile of the ztunnel in pod zt, taken over seconds, to path.
-func profile(ctx context.Context, zt *corev1.Pod, seconds int, path string) error {
+// memory fetches the ztunnel's heap profile at the end of the max-rate run into path and
+// returns where its memory is, as the Go runtime counts it.
+func memory(ctx context.Context, zt *corev1.Pod, path string) (string, error) {
+	if err := fetchAdmin(ctx, zt, "/debug/pprof/heap?debug=1", path); err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	// The text profile ends with runtime.MemStats, one "# Name = value" line each.
+	var lines []string
+	for _, line := range strings.Split(string(data), "\n") {
+		for _, f := range []string{"Sys", "HeapSys", "HeapInuse", "HeapIdle", "HeapReleased", "Stack", "MSpan", "GCSys", "OtherSys", "NextGC"} {
+			if strings.HasPrefix(line, "# "+f+" = ") {
+				lines = append(lines, strings.TrimPrefix(line, "# "))
+			}
+		}
+	}
+	pids, err := podPIDs(string(zt.UID))
+	if err != nil {
+		return "", err
+	}
+	var resident []string
+	for _, pid := range pids {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			return "", err
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			if strings.HasPrefix(line, "Rss") {
+				resident = append(resident, strings.Join(strings.Fields(line), " "))
+			}
+		}
+	}
+	return fmt.Sprintf("resident: %s\nGo memory at the end of the run (bytes): %s", strings.Join(resident, ", "), strings.Join(lines, ", ")), nil
+}
+
+// fetchAdmin writes what the admin endpoint of the ztunnel in pod zt serves at path (e.g. a
+// CPU profile) to file.
+func fetchAdmin(ctx context.Context, zt *corev1.Pod, path, file string) error {
 	pids, err := podPIDs(string(zt.UID))
 	if err != nil {
 		return err
@@ -68,7 +110,7 @@ func profile(ctx context.Context, zt *corev1.Pod, seconds int, path string) erro
 		return ns.DialContext(ctx, network, addr)
 	}}}
 	defer client.CloseIdleConnections()
-	url := fmt.Sprintf("http://127.0.0.1:15000/debug/pprof/profile?seconds=%d", seconds)
+	url := "http://127.0.0.1:15000" + path
 	req, err := newRequest(ctx, url)
 	if err != nil {
 		return err
@@ -82,13 +124,13 @@ func profile(ctx context.Context, zt *corev1.Pod, seconds int, path string) erro
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 		return fmt.Errorf("getting %s: %s: %s", url, resp.Status, body)
 	}
-	f, err := os.Create(path)
+	f, err := os.Create(file)
 	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(f, resp.Body); err != nil {
 		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", file, err)
 	}
 	return f.Close()
 }
