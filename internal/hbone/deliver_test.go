@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync/atomic"
@@ -42,8 +43,14 @@ func tcpPair(t testing.TB) (w, r *net.TCPConn) {
 func copyThrough(t *testing.T, e *env, size int64, read func(*net.TCPConn) (int64, []byte, error)) (n, counted, direct int64, got int64, sum []byte, err error) {
 	t.Helper()
 	s := e.dial(t, 80)
-	defer s.Close()
 	w, r := tcpPair(t)
+	return copyStream(s, w, r, size, read)
+}
+
+// copyStream is copyThrough on a dialed stream s and a socket pair w -> r; it calls no
+// t.Fatal, so it may run in any goroutine.
+func copyStream(s *Stream, w, r *net.TCPConn, size int64, read func(*net.TCPConn) (int64, []byte, error)) (n, counted, direct int64, got int64, sum []byte, err error) {
+	defer s.Close()
 	go func() {
 		if _, err := io.Copy(s, newPattern(size)); err == nil {
 			s.CloseWrite()
@@ -170,5 +177,62 @@ func TestCopyToTCPFailedSink(t *testing.T) {
 	}
 	if c := e.pool.numConns(); c != 1 {
 		t.Fatalf("connections: %d; want the same one reused", c)
+	}
+}
+
+// Many streams of one connection copied into their own sockets at once, half of them read
+// in fits and starts: each socket gets its stream's bytes, whole and in order, and a stalled
+// reader does not hold up the others.
+func TestCopyToTCPConcurrent(t *testing.T) {
+	e := newEnv(t, echo)
+	const streams = 32
+	const size = 4 << 20
+	errs := make(chan error, streams)
+	for i := range streams {
+		s := e.dial(t, 80)
+		w, r := tcpPair(t)
+		go func() {
+			read := hashAll
+			if i%2 == 1 {
+				read = func(r *net.TCPConn) (int64, []byte, error) {
+					h := sha256.New()
+					buf := make([]byte, 8<<10)
+					var n int64
+					for k := 0; ; k++ {
+						if k%64 == 0 {
+							time.Sleep(time.Duration(i) * time.Millisecond)
+						}
+						m, err := r.Read(buf)
+						h.Write(buf[:m])
+						n += int64(m)
+						if errors.Is(err, io.EOF) {
+							return n, h.Sum(nil), nil
+						}
+						if err != nil {
+							return n, nil, err
+						}
+					}
+				}
+			}
+			n, counted, _, got, sum, err := copyStream(s, w, r, size, read)
+			switch {
+			case err != nil:
+				errs <- err
+			case n != size || counted != size || got != size:
+				errs <- fmt.Errorf("stream %d: CopyTo returned %d, count saw %d, reader got %d; want %d", i, n, counted, got, size)
+			case !bytes.Equal(sum, newPattern(size).sum()):
+				errs <- fmt.Errorf("stream %d: content differs", i)
+			default:
+				errs <- nil
+			}
+		}()
+	}
+	for range streams {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if c := e.pool.numConns(); c != 1 {
+		t.Errorf("connections: %d; want the streams to share one", c)
 	}
 }
