@@ -83,6 +83,18 @@ func copyStream(s *Stream, w, r *net.TCPConn, size int64, read func(*net.TCPConn
 	return n, cnt.Load(), direct, res.got, res.sum, err
 }
 
+// checkCopied says what is wrong with a copy of size pattern bytes, from CopyTo's result n,
+// count's total counted, and the socket reader's byte count got and sha256 sum.
+func checkCopied(size, n, counted, got int64, sum []byte) error {
+	if n != size || counted != size || got != size {
+		return fmt.Errorf("CopyTo returned %d, count saw %d, the socket's reader got %d; want %d each", n, counted, got, size)
+	}
+	if want := newPattern(size).sum(); !bytes.Equal(sum, want) {
+		return fmt.Errorf("content differs: sha256 %x, want %x", sum, want)
+	}
+	return nil
+}
+
 func hashAll(r *net.TCPConn) (int64, []byte, error) {
 	h := sha256.New()
 	n, err := io.Copy(h, r)
@@ -98,11 +110,8 @@ func TestCopyToTCPDirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != size || counted != size || got != size {
-		t.Fatalf("CopyTo returned %d, count saw %d, the socket's reader got %d; want %d each", n, counted, got, size)
-	}
-	if want := newPattern(size).sum(); !bytes.Equal(sum, want) {
-		t.Fatalf("content differs: sha256 %x, want %x", sum, want)
+	if err := checkCopied(size, n, counted, got, sum); err != nil {
+		t.Fatal(err)
 	}
 	if direct == 0 {
 		t.Fatalf("the read loop delivered nothing itself; want direct writes into the socket")
@@ -138,11 +147,8 @@ func TestCopyToTCPSlowReader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n != size || counted != size || got != size {
-		t.Fatalf("CopyTo returned %d, count saw %d, the socket's reader got %d; want %d each", n, counted, got, size)
-	}
-	if want := newPattern(size).sum(); !bytes.Equal(sum, want) {
-		t.Fatalf("content differs: sha256 %x, want %x", sum, want)
+	if err := checkCopied(size, n, counted, got, sum); err != nil {
+		t.Fatal(err)
 	}
 	if direct == size {
 		t.Fatalf("every byte went directly; the stalled reader should have made CopyTo buffer some")
@@ -168,12 +174,12 @@ func TestCopyToTCPFailedSink(t *testing.T) {
 	t.Logf("CopyTo: %v", err)
 
 	size := int64(3 * connWindow)
-	n, _, _, got, sum, err := copyThrough(t, e, size, hashAll)
+	n, counted, _, got, sum, err := copyThrough(t, e, size, hashAll)
+	if err == nil {
+		err = checkCopied(size, n, counted, got, sum)
+	}
 	if err != nil {
 		t.Fatalf("next stream: %v", err)
-	}
-	if n != size || got != size || !bytes.Equal(sum, newPattern(size).sum()) {
-		t.Fatalf("next stream: CopyTo returned %d, reader got %d of %d bytes", n, got, size)
 	}
 	if c := e.pool.numConns(); c != 1 {
 		t.Fatalf("connections: %d; want the same one reused", c)
@@ -215,16 +221,13 @@ func TestCopyToTCPConcurrent(t *testing.T) {
 				}
 			}
 			n, counted, _, got, sum, err := copyStream(s, w, r, size, read)
-			switch {
-			case err != nil:
-				errs <- err
-			case n != size || counted != size || got != size:
-				errs <- fmt.Errorf("stream %d: CopyTo returned %d, count saw %d, reader got %d; want %d", i, n, counted, got, size)
-			case !bytes.Equal(sum, newPattern(size).sum()):
-				errs <- fmt.Errorf("stream %d: content differs", i)
-			default:
-				errs <- nil
+			if err == nil {
+				err = checkCopied(size, n, counted, got, sum)
 			}
+			if err != nil {
+				err = fmt.Errorf("stream %d: %w", i, err)
+			}
+			errs <- err
 		}()
 	}
 	for range streams {

@@ -3,7 +3,6 @@ package hbone
 import (
 	"io"
 	"net"
-	"runtime"
 	"testing"
 )
 
@@ -48,33 +47,13 @@ func BenchmarkRelay16(b *testing.B) {
 				defer up.Close()
 				relay(up.(*net.TCPConn), s)
 			})
-			apps := make(chan net.Conn, 16)
+			apps := make(chan io.ReadWriter, 16)
 			for range 16 {
 				app, proxied := tcpPair(b)
 				go relay(proxied, e.dial(b, 80))
 				apps <- app
 			}
-			b.SetParallelism(max(1, 16/runtime.GOMAXPROCS(0)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			cpu0 := cpuTime()
-			b.RunParallel(func(pb *testing.PB) {
-				c := <-apps
-				req := make([]byte, 1<<10)
-				resp := make([]byte, 1<<10)
-				for pb.Next() {
-					if _, err := c.Write(req); err != nil {
-						b.Error(err)
-						return
-					}
-					if _, err := io.ReadFull(c, resp); err != nil {
-						b.Error(err)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+			roundTrips(b, apps)
 		})
 	}
 }
