@@ -134,6 +134,9 @@ generate: deps $(PROTOC_GEN_GO_STAMP) $(PROTOC_GEN_GO_GRPC_STAMP) ## regenerate 
 	@# The eBPF programs and their Go bindings (bpf2go is pinned in go.mod's tool block).
 	$(GO) generate ./bpf/...
 
+	@# The CRDs come from module folders: `go list -m` names a module's folder only once it is
+	@# in the module cache, which on a fresh machine nothing has put it in yet.
+	$(GO) mod download istio.io/api sigs.k8s.io/gateway-api
 	@# The Istio CRDs, from the istio.io/api version pinned in go.mod.
 	cp "$$($(GO) list -m -f '{{.Dir}}' istio.io/api)/kubernetes/customresourcedefinitions.gen.yaml" \
 		deploy/charts/base/files/crd-all.gen.yaml
