@@ -87,6 +87,10 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		}
 		a.log.Warn("ztunnel gone for longer than the fail-open grace period; the pod's traffic bypasses the mesh until it returns",
 			"pod", key, "grace", a.cfg.FailOpenGrace)
+		a.event(ctx, pod, corev1.EventTypeWarning, ReasonFailOpenBypassed, fmt.Sprintf(
+			"ztunnel on node %s has been gone for longer than the fail-open grace period (%s): "+
+				"the pod's traffic bypasses the mesh, without mTLS or policy, until ztunnel returns",
+			a.cfg.NodeName, a.cfg.FailOpenGrace))
 	case d.enroll && !bypass && bypassed:
 		if !a.zds.Connected() {
 			// Still bypassed: the resync that follows ztunnel's connect restores the capture.
@@ -96,6 +100,8 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 			return err
 		}
 		a.log.Info("ztunnel is back; fail-open pod captured again", "pod", key)
+		a.event(ctx, pod, corev1.EventTypeNormal, ReasonFailOpenRestored, fmt.Sprintf(
+			"ztunnel on node %s is back: the pod's traffic is captured into the mesh again", a.cfg.NodeName))
 	case d.enroll && !enrolled:
 		if !a.zds.Connected() {
 			// Capturing now would send traffic to listeners nobody opened; the resync that

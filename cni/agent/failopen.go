@@ -8,6 +8,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/internal/zds"
 )
@@ -29,6 +30,15 @@ const (
 	// ztunnels to reach the pod directly.
 	RedirectionAnnotation = "ambient.ambit.dev/redirection"
 	redirectionBypassed   = "bypassed"
+)
+
+// The Kubernetes Events the agent records on a fail-open pod, so that `kubectl describe pod`
+// and `kubectl get events` show when its traffic left the mesh and when it came back.
+const (
+	ReasonFailOpenBypassed = "FailOpenBypassed" // Warning: capture removed, traffic goes direct
+	ReasonFailOpenRestored = "FailOpenRestored" // Normal: captured again by a returned ztunnel
+	eventController        = "ambient.ambit.dev/cni-agent"
+	eventComponent         = "cni-agent"
 )
 
 // DefaultFailOpenGrace is how long ztunnel may be gone before fail-open pods bypass it: longer
@@ -154,4 +164,31 @@ func (a *Agent) restoreLocked(ctx context.Context, m *member) error {
 	m.bypassed = false
 	a.syncProbeLocked()
 	return nil
+}
+
+// event records a Kubernetes Event about pod. Events are best effort: what they report has
+// already happened, so a failure to record one is logged and nothing else.
+func (a *Agent) event(ctx context.Context, pod *corev1.Pod, typ, reason, msg string) {
+	t := time.Now()
+	now := metav1.NewTime(t)
+	ev := &corev1.Event{
+		// Named as client-go's recorder names them: the object's name and the time.
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", pod.Name, t.UnixNano()), Namespace: pod.Namespace},
+		InvolvedObject: corev1.ObjectReference{
+			APIVersion: "v1", Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
+		},
+		Reason:              reason,
+		Message:             msg,
+		Type:                typ,
+		Source:              corev1.EventSource{Component: eventComponent, Host: a.cfg.NodeName},
+		FirstTimestamp:      now,
+		LastTimestamp:       now,
+		Count:               1,
+		ReportingController: eventController,
+		ReportingInstance:   a.cfg.NodeName,
+	}
+	if _, err := a.client.CoreV1().Events(pod.Namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		a.log.Warn("could not record an event on the pod (does the agent's ClusterRole allow creating events?)",
+			"pod", pod.Namespace+"/"+pod.Name, "reason", reason, "err", err)
+	}
 }

@@ -242,9 +242,15 @@ func TestFailOpenBypassAndRestore(t *testing.T) {
 	if !h.backend.has("unenroll open") {
 		t.Errorf("calls %q: the bypassed pod's redirection was not removed", h.calls())
 	}
+	waitFor(t, "a Warning event on the bypassed pod", func() bool {
+		return slices.Equal(h.events(t, "open"), []string{"Warning FailOpenBypassed"})
+	})
 	for _, name := range []string{"closed", "bad"} {
 		if h.backend.has("unenroll "+name) || h.annotation(t, name) != "enabled" {
 			t.Errorf("fail-closed pod %s: calls %q, annotations %v; want it captured throughout", name, h.calls(), h.annotations(t, name))
+		}
+		if ev := h.events(t, name); len(ev) != 0 {
+			t.Errorf("fail-closed pod %s has events %q; want none", name, ev)
 		}
 	}
 	if got := h.agent.ZDS().UIDs(); !slices.Equal(got, []string{"uid-bad", "uid-closed"}) {
@@ -263,6 +269,9 @@ func TestFailOpenBypassAndRestore(t *testing.T) {
 	waitFor(t, "the fail-open pod to be captured again", func() bool {
 		a := h.annotations(t, "open")
 		return a["ambient.istio.io/redirection"] == "enabled" && a[RedirectionAnnotation] == ""
+	})
+	waitFor(t, "a Normal event on the restored pod", func() bool {
+		return slices.Equal(h.events(t, "open"), []string{"Warning FailOpenBypassed", "Normal FailOpenRestored"})
 	})
 	after := h.calls()[before:]
 	snapshot := slices.Index(after, "z2 snapshot")
@@ -334,4 +343,25 @@ func TestFailOpenNewPodDuringOutage(t *testing.T) {
 	if !h.backend.has("enroll open") {
 		t.Errorf("calls %q: want the pod's redirection installed", h.calls())
 	}
+}
+
+// events lists the type and reason of the events recorded on pod name in namespace demo, in
+// the order they happened.
+func (h *harness) events(t *testing.T, name string) []string {
+	t.Helper()
+	list, err := h.client.CoreV1().Events("demo").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.SortStableFunc(list.Items, func(a, b corev1.Event) int { return a.FirstTimestamp.Compare(b.FirstTimestamp.Time) })
+	var out []string
+	for _, ev := range list.Items {
+		if ev.InvolvedObject.Kind == "Pod" && ev.InvolvedObject.Name == name {
+			if ev.Source.Host != h.cfg.NodeName || ev.ReportingController != eventController {
+				t.Errorf("event %s on %s: source %+v, controller %q; want this node and %s", ev.Reason, name, ev.Source, ev.ReportingController, eventController)
+			}
+			out = append(out, ev.Type+" "+ev.Reason)
+		}
+	}
+	return out
 }

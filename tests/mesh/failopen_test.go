@@ -182,9 +182,11 @@ func checkFailOpen(ctx context.Context, t *testing.T) {
 		t.Errorf("fail-closed pod while ztunnel is gone: annotations %v, %v; want it still captured", p.Annotations, err)
 	}
 	failOpenCheckAgentLog(ctx, t, clientNode, clientNS+"/fo")
+	failOpenCheckEvent(ctx, t, clientNS, "fo", "FailOpenBypassed", "Warning")
 
 	restore()
 	waitEnrolled(ctx, t, clientNS, "fo")
+	failOpenCheckEvent(ctx, t, clientNS, "fo", "FailOpenRestored", "Normal")
 	for _, pod := range []string{"fo", "fc"} {
 		var s smoke.Summary
 		err := c.Wait(ctx, time.Minute, pod+" reaching the server through the returned ztunnel", func(ctx context.Context) (bool, error) {
@@ -296,6 +298,32 @@ func failOpenCheckAgentLog(ctx context.Context, t *testing.T, node, pod string) 
 		}
 	}
 	t.Errorf("the cni agent on %s did not log that %s bypasses the mesh:\n%s", node, pod, logs)
+}
+
+// failOpenCheckEvent checks that the cni agent recorded an event of type typ and reason on
+// pod, as `kubectl describe pod` shows it.
+func failOpenCheckEvent(ctx context.Context, t *testing.T, ns, pod, reason, typ string) {
+	t.Helper()
+	sel := "involvedObject.kind=Pod,involvedObject.name=" + pod + ",reason=" + reason
+	var last string
+	err := c.Wait(ctx, 30*time.Second, "event "+reason+" on pod "+pod, func(ctx context.Context) (bool, error) {
+		evs, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		for _, ev := range evs.Items {
+			last = fmt.Sprintf("%s %s from %s: %s", ev.Type, ev.Reason, ev.Source.Component, ev.Message)
+			if ev.Type == typ {
+				t.Logf("event on %s: %s", pod, last)
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Errorf("%v: last seen %q", err, last)
+	}
 }
 
 // failOpenRequest sends one request from pod to url over a new connection.
