@@ -8,25 +8,29 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ambit-mesh/ambit/api/ca"
+	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
 	"github.com/ambit-mesh/ambit/api/zds"
 )
 
 // The tables below restate, independently of our .proto files, the wire facts of Istio's
-// published protos (see README.md for the upstream files). A field renumbered, renamed, retyped
-// or added without updating them fails the test.
+// published protos and of the Envoy xDS fields discovery.proto carries (see README.md for the
+// upstream files). A field renumbered, renamed, retyped or added without updating them fails the
+// test.
 
 // Short names for the columns.
 const (
 	str  = protoreflect.StringKind
 	byt  = protoreflect.BytesKind
 	u32  = protoreflect.Uint32Kind
+	i32  = protoreflect.Int32Kind
 	i64  = protoreflect.Int64Kind
 	boo  = protoreflect.BoolKind
 	enm  = protoreflect.EnumKind
@@ -229,6 +233,39 @@ var wantMessages = map[protoreflect.FullName][]wantField{
 	"istio.v1.auth.IstioCertificateResponse": {
 		{"cert_chain", 1, str, rep, "", ""},
 	},
+
+	// discovery.proto: Envoy's envoy.service.discovery.v3 (and envoy.config.core.v3.Node,
+	// google.rpc.Status) fields under our own package name. discovery/wire_test.go checks them
+	// against Envoy's generated types as well.
+	"ambit.discovery.v3.DeltaDiscoveryRequest": {
+		{"node", 1, msg, one, "ambit.discovery.v3.Node", ""},
+		{"type_url", 2, str, one, "", ""},
+		{"resource_names_subscribe", 3, str, rep, "", ""},
+		{"resource_names_unsubscribe", 4, str, rep, "", ""},
+		{"initial_resource_versions", 5, msg, mapf, "", ""},
+		{"response_nonce", 6, str, one, "", ""},
+		{"error_detail", 7, msg, one, "ambit.discovery.v3.Status", ""},
+	},
+	"ambit.discovery.v3.DeltaDiscoveryResponse": {
+		{"resources", 2, msg, rep, "ambit.discovery.v3.Resource", ""},
+		{"type_url", 4, str, one, "", ""},
+		{"nonce", 5, str, one, "", ""},
+		{"removed_resources", 6, str, rep, "", ""},
+	},
+	"ambit.discovery.v3.Resource": {
+		{"version", 1, str, one, "", ""},
+		{"resource", 2, msg, one, "google.protobuf.Any", ""},
+		{"name", 3, str, one, "", ""},
+		{"aliases", 4, str, rep, "", ""},
+	},
+	"ambit.discovery.v3.Node": {
+		{"id", 1, str, one, "", ""},
+		{"metadata", 3, msg, one, "google.protobuf.Struct", ""},
+	},
+	"ambit.discovery.v3.Status": {
+		{"code", 1, i32, one, "", ""},
+		{"message", 2, str, one, "", ""},
+	},
 }
 
 // wantEnums lists every value of every enum, by name and number.
@@ -258,6 +295,7 @@ var wantFiles = []string{
 	"security/authorization.proto",
 	"zds/zds.proto",
 	"ca/ca.proto",
+	"discovery/discovery.proto",
 }
 
 func findMessage(t *testing.T, name protoreflect.FullName) protoreflect.MessageDescriptor {
@@ -423,6 +461,15 @@ func TestCertificateService(t *testing.T) {
 	}
 }
 
+// TestDeltaADSMethod checks the path discovery.OpenDeltaADS calls: Envoy's method, whatever
+// discovery.proto's own package is.
+func TestDeltaADSMethod(t *testing.T) {
+	if got, want := discovery.DeltaAggregatedResourcesMethod,
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"; got != want {
+		t.Errorf("got method path %s, want %s", got, want)
+	}
+}
+
 // TestZDSWireBytes checks the encoding of the ZDS messages against bytes built by hand from the
 // upstream field numbers, independently of the descriptors.
 func TestZDSWireBytes(t *testing.T) {
@@ -549,7 +596,29 @@ func TestRoundTrip(t *testing.T) {
 		}},
 	}
 
-	for _, m := range []proto.Message{w, s, a, req, &ca.IstioCertificateResponse{CertChain: []string{"leaf", "root"}}} {
+	body, err := anypb.New(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdsReq := &discovery.DeltaDiscoveryRequest{
+		Node: &discovery.Node{Id: "ztunnel~10.0.0.9~ztunnel-abc.istio-system~istio-system.svc.cluster.local", Metadata: &structpb.Struct{
+			Fields: map[string]*structpb.Value{"NODE_NAME": structpb.NewStringValue("n1")},
+		}},
+		TypeUrl:                  "type.googleapis.com/istio.workload.Address",
+		ResourceNamesSubscribe:   []string{"*", "shop/web.shop.svc.cluster.local"},
+		ResourceNamesUnsubscribe: []string{"gone"},
+		InitialResourceVersions:  map[string]string{"Kubernetes//Pod/shop/web-0": "7"},
+		ResponseNonce:            "n1",
+		ErrorDetail:              &discovery.Status{Code: 3, Message: "refused 1 resource(s)"},
+	}
+	xdsResp := &discovery.DeltaDiscoveryResponse{
+		Resources:        []*discovery.Resource{{Version: "7", Resource: body, Name: "Kubernetes//Pod/shop/web-0", Aliases: []string{"net1/10.244.1.7"}}},
+		TypeUrl:          "type.googleapis.com/istio.workload.Address",
+		Nonce:            "n2",
+		RemovedResources: []string{"Kubernetes//Pod/shop/web-1"},
+	}
+
+	for _, m := range []proto.Message{w, s, a, req, &ca.IstioCertificateResponse{CertChain: []string{"leaf", "root"}}, xdsReq, xdsResp} {
 		name := m.ProtoReflect().Descriptor().FullName()
 		b, err := proto.Marshal(m)
 		if err != nil {
