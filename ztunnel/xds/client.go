@@ -11,8 +11,6 @@ import (
 	"sync"
 	"time"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -20,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
 )
@@ -86,7 +85,7 @@ type lookup struct {
 
 type stream struct {
 	mu sync.Mutex // serializes Send
-	s  grpc.BidiStreamingClient[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]
+	s  discovery.DeltaADSStream
 }
 
 func (s *stream) send(r *discovery.DeltaDiscoveryRequest) error {
@@ -150,10 +149,9 @@ func (c *Client) Run(ctx context.Context) error {
 		return fmt.Errorf("dialing xds %s: %w", c.cfg.Address, err)
 	}
 	defer conn.Close()
-	ads := discovery.NewAggregatedDiscoveryServiceClient(conn)
 	backoff := c.cfg.InitialBackoff
 	for {
-		healthy, err := c.serve(ctx, ads)
+		healthy, err := c.serve(ctx, conn)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -175,7 +173,7 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 // serve runs one stream until it fails. healthy reports that it got at least one response.
-func (c *Client) serve(ctx context.Context, ads discovery.AggregatedDiscoveryServiceClient) (healthy bool, err error) {
+func (c *Client) serve(ctx context.Context, conn *grpc.ClientConn) (healthy bool, err error) {
 	token, err := c.cfg.token()
 	if err != nil {
 		return false, err
@@ -185,7 +183,7 @@ func (c *Client) serve(ctx context.Context, ads discovery.AggregatedDiscoverySer
 	if token != "" {
 		sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+token)
 	}
-	s, err := ads.DeltaAggregatedResources(sctx)
+	s, err := discovery.OpenDeltaADS(sctx, conn)
 	if err != nil {
 		return false, fmt.Errorf("opening xds stream: %w", err)
 	}
@@ -292,7 +290,7 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	if len(problems) > 0 {
 		msg := fmt.Sprintf("refused %d resource(s) of %s: %s", len(problems), typeURL, joinLimited(problems))
 		c.cfg.Logger.Warn("xds response refused", "type", typeURL, "nonce", resp.GetNonce(), "error", msg)
-		ack.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: msg}
+		ack.ErrorDetail = &discovery.Status{Code: int32(codes.InvalidArgument), Message: msg}
 	}
 	return ack
 }

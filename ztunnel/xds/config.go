@@ -5,10 +5,10 @@ import (
 	"log/slog"
 	"time"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
 
@@ -74,7 +74,7 @@ func (c Config) NodeID() string {
 	return fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", c.PodIP, c.PodName, c.PodNamespace, c.PodNamespace)
 }
 
-func (c Config) node() *core.Node {
+func (c Config) node() *discovery.Node {
 	fields := map[string]*structpb.Value{}
 	if c.NodeName != "" {
 		fields[NodeNameKey] = structpb.NewStringValue(c.NodeName)
@@ -85,7 +85,7 @@ func (c Config) node() *core.Node {
 	if c.PodName != "" {
 		fields["NAME"] = structpb.NewStringValue(c.PodName)
 	}
-	return &core.Node{Id: c.NodeID(), Metadata: &structpb.Struct{Fields: fields}}
+	return &discovery.Node{Id: c.NodeID(), Metadata: &structpb.Struct{Fields: fields}}
 }
 
 func (c Config) transport() (grpc.DialOption, error) {

@@ -3,10 +3,10 @@ package xds
 import (
 	"testing"
 
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/api/workload"
 )
 
