@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -60,8 +61,25 @@ func TestHandlers(t *testing.T) {
 		{name: "logging bad level", handler: s.AdminHandler(), target: "/logging?level=loud", before: func() { level.Set(slog.LevelInfo) }, wantStatus: 400, wantBody: `level "loud"`},
 		{name: "logging delete", handler: s.AdminHandler(), method: "DELETE", target: "/logging", wantStatus: 405},
 		{name: "pprof index", handler: s.AdminHandler(), target: "/debug/pprof/", wantStatus: 200, wantBody: "goroutine"},
+		{name: "pprof index lists the CPU profile", handler: s.AdminHandler(), target: "/debug/pprof/", wantStatus: 200, wantBody: "profile?seconds=N"},
 		{name: "pprof goroutine", handler: s.AdminHandler(), target: "/debug/pprof/goroutine?debug=1", wantStatus: 200, wantBody: "goroutine profile"},
-		{name: "pprof cmdline", handler: s.AdminHandler(), target: "/debug/pprof/cmdline", wantStatus: 200},
+		{name: "pprof goroutine stacks", handler: s.AdminHandler(), target: "/debug/pprof/goroutine?debug=2", wantStatus: 200, wantBody: "goroutine "},
+		{name: "pprof heap text", handler: s.AdminHandler(), target: "/debug/pprof/heap?debug=1&gc=1", wantStatus: 200, wantBody: "# HeapInuse = "},
+		{name: "pprof allocs text", handler: s.AdminHandler(), target: "/debug/pprof/allocs?debug=1", wantStatus: 200, wantBody: "heap profile"},
+		{name: "pprof threadcreate text", handler: s.AdminHandler(), target: "/debug/pprof/threadcreate?debug=1", wantStatus: 200, wantBody: "threadcreate profile"},
+		{name: "pprof block text", handler: s.AdminHandler(), target: "/debug/pprof/block?debug=1", wantStatus: 200, wantBody: "--- contention"},
+		{name: "pprof mutex text", handler: s.AdminHandler(), target: "/debug/pprof/mutex?debug=1", wantStatus: 200, wantBody: "--- mutex"},
+		{name: "pprof cmdline", handler: s.AdminHandler(), target: "/debug/pprof/cmdline", wantStatus: 200, wantBody: os.Args[0]},
+		{name: "pprof symbol", handler: s.AdminHandler(), target: "/debug/pprof/symbol", wantStatus: 200, wantBody: "num_symbols: 1"},
+		{name: "pprof unknown profile", handler: s.AdminHandler(), target: "/debug/pprof/nope", wantStatus: 404, wantBody: `no profile "nope"; profiles are allocs, block, goroutine, heap`},
+		{name: "pprof bad seconds", handler: s.AdminHandler(), target: "/debug/pprof/profile?seconds=abc", wantStatus: 400, wantBody: `profile: seconds "abc"`},
+		{name: "pprof zero seconds", handler: s.AdminHandler(), target: "/debug/pprof/profile?seconds=0", wantStatus: 400, wantBody: `seconds "0"`},
+		{name: "pprof bad trace seconds", handler: s.AdminHandler(), target: "/debug/pprof/trace?seconds=-1", wantStatus: 400, wantBody: `trace: seconds "-1"`},
+		{name: "pprof bad debug", handler: s.AdminHandler(), target: "/debug/pprof/heap?debug=x", wantStatus: 400, wantBody: `debug "x"`},
+		{name: "pprof bad gc", handler: s.AdminHandler(), target: "/debug/pprof/heap?gc=yes", wantStatus: 400, wantBody: `gc "yes"`},
+		{name: "pprof delta profile", handler: s.AdminHandler(), target: "/debug/pprof/heap?seconds=5", wantStatus: 400, wantBody: "heap?seconds=5: delta profiles are not served"},
+		{name: "pprof bad symbol address", handler: s.AdminHandler(), target: "/debug/pprof/symbol?0x1+pc", wantStatus: 400, wantBody: `address "pc"`},
+		{name: "pprof post profile", handler: s.AdminHandler(), method: "POST", target: "/debug/pprof/heap", wantStatus: 405},
 		{name: "admin unknown", handler: s.AdminHandler(), target: "/quitquitquit", wantStatus: 404},
 		{name: "stats prometheus", handler: s.StatsHandler(), target: "/stats/prometheus", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},
 		{name: "metrics", handler: s.StatsHandler(), target: "/metrics", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},

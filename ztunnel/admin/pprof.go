@@ -1,0 +1,224 @@
+package admin
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"runtime/trace"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// The /debug/pprof/ endpoints, written on runtime/pprof and runtime/trace. They serve what
+// net/http/pprof serves at the same paths, in the same formats, so `go tool pprof` and
+// `go tool trace` read them, but not its delta profiles (?seconds= on a named profile), which
+// need the profile parser (internal/profile) in the binary; nor its HTML index. ztunnel's resident
+// memory is mostly its own binary, so what it links is worth keeping small. Unlike
+// net/http/pprof, nothing is registered on http.DefaultServeMux.
+
+// Defaults and bounds of ?seconds=.
+const (
+	defaultCPUProfileSeconds = 30
+	defaultTraceSeconds      = 1
+	maxProfileSeconds        = 24 * 60 * 60
+)
+
+// profileHelp describes the named runtime profiles in the index; a profile registered with
+// pprof.NewProfile is listed without one.
+var profileHelp = map[string]string{
+	"allocs":       "sampled allocations since start, by allocating stack",
+	"block":        "where goroutines blocked on synchronization (runtime.SetBlockProfileRate)",
+	"goroutine":    "the stacks of all goroutines; ?debug=2 prints them as a panic does",
+	"heap":         "sampled live heap objects, by allocating stack; ?gc=1 collects garbage first",
+	"mutex":        "holders of contended mutexes (runtime.SetMutexProfileFraction)",
+	"threadcreate": "the stacks that created OS threads",
+}
+
+func registerPprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/{$}", pprofIndex)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprofCmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprofCPU)
+	mux.HandleFunc("GET /debug/pprof/trace", pprofTrace)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprofSymbol)
+	mux.HandleFunc("POST /debug/pprof/symbol", pprofSymbol)
+	mux.HandleFunc("GET /debug/pprof/{name}", pprofNamed)
+}
+
+// pprofIndex lists the profiles as plain text.
+func pprofIndex(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprint(w, "Go profiles of this process. Read them with go tool pprof http://<admin>/debug/pprof/<name>.\n\n")
+	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
+	fmt.Fprint(tw, "name\tcount\twhat\n")
+	for _, p := range pprof.Profiles() {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", p.Name(), p.Count(), profileHelp[p.Name()])
+	}
+	fmt.Fprintf(tw, "profile?seconds=N\t\tCPU profile over N seconds (default %d)\n", defaultCPUProfileSeconds)
+	fmt.Fprintf(tw, "trace?seconds=N\t\texecution trace over N seconds (default %d), for go tool trace\n", defaultTraceSeconds)
+	fmt.Fprint(tw, "cmdline\t\tthe command line, arguments separated by NUL bytes\n")
+	fmt.Fprint(tw, "symbol\t\tfunction names of program counters (POST 0x<pc>+0x<pc>...)\n")
+	tw.Flush()
+	fmt.Fprint(w, "\nA named profile is protobuf by default; ?debug=1 prints it as text.\n")
+}
+
+// pprofCmdline writes the command line as net/http/pprof does: arguments separated by NUL.
+func pprofCmdline(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, strings.Join(os.Args, "\x00"))
+}
+
+// pprofCPU writes a CPU profile taken over ?seconds= (default 30), or until the client leaves.
+func pprofCPU(w http.ResponseWriter, r *http.Request) {
+	d, err := seconds(r, defaultCPUProfileSeconds)
+	if err != nil {
+		http.Error(w, "profile: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	binaryHeaders(w, "profile")
+	if err := pprof.StartCPUProfile(w); err != nil {
+		pprofError(w, fmt.Sprintf("profile: %v; another CPU profile is being taken, try again when it ends", err), http.StatusConflict)
+		return
+	}
+	wait(r, d)
+	pprof.StopCPUProfile()
+}
+
+// pprofTrace writes an execution trace taken over ?seconds= (default 1).
+func pprofTrace(w http.ResponseWriter, r *http.Request) {
+	d, err := seconds(r, defaultTraceSeconds)
+	if err != nil {
+		http.Error(w, "trace: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	binaryHeaders(w, "trace")
+	if err := trace.Start(w); err != nil {
+		pprofError(w, fmt.Sprintf("trace: %v; another trace is being taken, try again when it ends", err), http.StatusConflict)
+		return
+	}
+	wait(r, d)
+	trace.Stop()
+}
+
+// pprofNamed writes one of the runtime/pprof profiles: protobuf, or text with ?debug=N > 0.
+func pprofNamed(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	p := pprof.Lookup(name)
+	if p == nil {
+		var names []string
+		for _, p := range pprof.Profiles() {
+			names = append(names, p.Name())
+		}
+		http.Error(w, fmt.Sprintf("pprof: no profile %q; profiles are %s, and profile, trace, cmdline, symbol",
+			name, strings.Join(names, ", ")), http.StatusNotFound)
+		return
+	}
+	q := r.URL.Query()
+	if v := q.Get("seconds"); v != "" {
+		http.Error(w, fmt.Sprintf("pprof: %s?seconds=%s: delta profiles are not served; fetch %s twice and compare with go tool pprof -diff_base",
+			name, v, name), http.StatusBadRequest)
+		return
+	}
+	debug, err := intParam(q.Get("debug"), "debug", "0 (protobuf) or a number above 0 (text)")
+	if err != nil {
+		http.Error(w, "pprof: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	gc, err := intParam(q.Get("gc"), "gc", "0 or 1")
+	if err != nil {
+		http.Error(w, "pprof: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if name == "heap" && gc > 0 {
+		runtime.GC()
+	}
+	if debug > 0 {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	} else {
+		binaryHeaders(w, name)
+	}
+	// An error here is the client's connection failing; there is no one left to tell.
+	_ = p.WriteTo(w, debug)
+}
+
+// pprofSymbol maps program counters to function names, for pprof's remote symbolization: the
+// addresses come '+'-separated in the POST body or the GET query. "num_symbols: 1" tells the
+// client that symbols are available.
+func pprofSymbol(w http.ResponseWriter, r *http.Request) {
+	in := r.URL.RawQuery
+	if r.Method == http.MethodPost {
+		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, fmt.Sprintf("symbol: reading the request: %v", err), http.StatusBadRequest)
+			return
+		}
+		in = string(b)
+	}
+	var out bytes.Buffer
+	out.WriteString("num_symbols: 1\n")
+	for _, word := range strings.FieldsFunc(in, func(c rune) bool { return c == '+' || c == '\n' || c == ' ' }) {
+		pc, err := strconv.ParseUint(word, 0, 64)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("symbol: address %q: want a program counter such as 0x4a3b2c", word), http.StatusBadRequest)
+			return
+		}
+		if f := runtime.FuncForPC(uintptr(pc)); f != nil {
+			fmt.Fprintf(&out, "%#x %s\n", pc, f.Name())
+		}
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Write(out.Bytes())
+}
+
+// seconds reads ?seconds=, a positive number of seconds (fractions allowed), or def.
+func seconds(r *http.Request, def int) (time.Duration, error) {
+	v := r.URL.Query().Get("seconds")
+	if v == "" {
+		return time.Duration(def) * time.Second, nil
+	}
+	s, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(s) || s <= 0 || s > maxProfileSeconds {
+		return 0, fmt.Errorf("seconds %q: want a number of seconds above 0 and at most %d, e.g. seconds=%d", v, maxProfileSeconds, def)
+	}
+	return time.Duration(s * float64(time.Second)), nil
+}
+
+// intParam parses a non-negative integer query parameter; "" is 0.
+func intParam(v, name, want string) (int, error) {
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%s %q: want %s", name, v, want)
+	}
+	return n, nil
+}
+
+// binaryHeaders marks the response as a file to save, as net/http/pprof does.
+func binaryHeaders(w http.ResponseWriter, name string) {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name))
+}
+
+// pprofError answers with an error after binaryHeaders, which must not stay on a text answer.
+func pprofError(w http.ResponseWriter, msg string, code int) {
+	w.Header().Del("Content-Disposition")
+	http.Error(w, msg, code)
+}
+
+// wait returns after d, or earlier when the client has gone.
+func wait(r *http.Request, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
