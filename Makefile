@@ -15,8 +15,12 @@ GO      ?= go
 # which the images and the node binaries need anyway. vet, the fuzz and end-to-end test binaries
 # and the images then share one compiled dependency graph, so a cold `make test` compiles
 # client-go and the rest once for them all, and once more with -race for the unit tests.
+# grpcnotrace leaves out grpc-go's request tracing (golang.org/x/net/trace), which is off unless
+# grpc.EnableTracing is set and which Ambit never sets. It imports html/template, whose use of
+# reflect's method lookup makes the linker keep every exported method of every type: without it
+# ztunnel's binary is 2.3 MB (16%) smaller. Build by hand with `go build -tags grpcnotrace`.
 export CGO_ENABLED := 0
-export GOFLAGS     := -trimpath $(GOFLAGS)
+export GOFLAGS     := -trimpath -tags=grpcnotrace $(GOFLAGS)
 RACE_TEST          := CGO_ENABLED=1 $(GO) test -race
 
 # Each build and test phase prints when it starts, so a CI log shows where a cold run's time goes.
