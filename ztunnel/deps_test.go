@@ -1,0 +1,44 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestLinksNoHeavyPackages keeps out of ztunnel's binary the packages it was slimmed of: its
+// resident memory is mostly the binary's own pages (issue #4). The check is on the whole
+// import graph, which depguard's per-file rules cannot see.
+func TestLinksNoHeavyPackages(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("the go command is not on PATH (%v): it lists the imports", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// The tags of the Makefile's builds, whatever GOFLAGS this test runs with.
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, goTool, "list", "-deps", "-tags=grpcnotrace", ".")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, stderr.Bytes())
+	}
+	banned := []struct{ prefix, why string }{
+		{"github.com/envoyproxy/", "Envoy's API tree is ~3 MB; speak xDS with api/discovery"},
+		{"github.com/cncf/xds/", "comes with Envoy's API tree"},
+		{"net/http/pprof", "links the profile parser; ztunnel/admin serves pprof on runtime/pprof"},
+		{"html/template", "its reflect method lookups keep every exported method in the binary (2.3 MB)"},
+		{"text/template", "its reflect method lookups keep every exported method in the binary (2.3 MB)"},
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		for _, b := range banned {
+			if strings.HasPrefix(pkg, b.prefix) {
+				t.Errorf("ztunnel links %s: %s (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}' ./ztunnel)", pkg, b.why)
+			}
+		}
+	}
+}
