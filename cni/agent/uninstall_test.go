@@ -51,6 +51,9 @@ func TestStopKeepsOrUninstalls(t *testing.T) {
 	z, _ := startZtunnel(t, h.cfg.ZDSSocket)
 	waitFor(t, "the pod to be enrolled", func() bool { return z.holds("uid-web") && h.annotation(t, "web") == "enabled" })
 	waitFor(t, "the plugin to be installed", installed)
+	// The probe rule is rewritten after the enrolment, by its own goroutine: a stop before
+	// that rewrite would find no rule to keep.
+	waitFor(t, "the probe rule to name the pod", func() bool { return strings.Contains(h.probeRules(t), "10.244.1.7") })
 	stop()
 	if !installed() || h.backend.has("unenroll web") || !strings.Contains(h.probeRules(t), "10.244.1.7") {
 		t.Fatalf("a stop with the DaemonSet present changed the node: plugin installed %v, backend calls %q, probe rules:\n%s",
