@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -127,7 +129,9 @@ func TestCopyToTCPSlowReader(t *testing.T) {
 	slow := func(r *net.TCPConn) (int64, []byte, error) {
 		// The socket's buffers (a few MiB at most) fill, and the sink blocks. (A shrunk
 		// SO_RCVBUF would stall loopback TCP, whose segments are larger than it.)
-		time.Sleep(300 * time.Millisecond)
+		if err := waitFull(r); err != nil {
+			return 0, nil, err
+		}
 		h := sha256.New()
 		buf := make([]byte, 1500)
 		var n int64
@@ -154,6 +158,34 @@ func TestCopyToTCPSlowReader(t *testing.T) {
 		t.Fatalf("every byte went directly; the stalled reader should have made CopyTo buffer some")
 	}
 	t.Logf("%d of %d bytes written by the read loop", direct, size)
+}
+
+// waitFull returns once r's receive queue has stopped growing while nobody reads it: the
+// sockets between the stream's sink and r are full, so the sink refuses writes. A fixed stall
+// is not enough under -race on a busy machine, where the bytes may arrive slower than a
+// reader drains them afterwards.
+func waitFull(r *net.TCPConn) error {
+	rc, err := r.SyscallConn()
+	if err != nil {
+		return err
+	}
+	queued := func() (n int) {
+		rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		return n
+	}
+	last, since := -1, time.Now()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		n := queued()
+		if err != nil {
+			return fmt.Errorf("reading the receive queue: %w", err)
+		}
+		if n != last {
+			last, since = n, time.Now()
+		} else if n > 0 && time.Since(since) >= 200*time.Millisecond {
+			return nil
+		}
+	}
+	return fmt.Errorf("the receive queue never filled (%d bytes queued)", last)
 }
 
 // A socket that fails under the read loop ends CopyTo with the error, and the connection's
