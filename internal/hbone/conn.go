@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,7 @@ type conn struct {
 	rfr *http2.Framer // reads non-DATA frames from br; used by the read loop only
 
 	wwait        atomic.Int32 // goroutines waiting for wmu: the last one flushes
+	flushDue     atomic.Bool  // bw holds frames that unlockWriteSoon left for a flush
 	wmu          sync.Mutex   // wmu guards the fields below (the write side)
 	bw           *bufio.Writer
 	wfr          *http2.Framer
@@ -212,6 +214,7 @@ func (c *conn) lockWrite() {
 func (c *conn) unlockWrite() error {
 	var err error
 	if c.wwait.Load() == 0 {
+		c.flushDue.Store(false)
 		err = c.bw.Flush()
 		if c.batch != nil {
 			if berr := c.batch.end(); err == nil {
@@ -224,6 +227,39 @@ func (c *conn) unlockWrite() error {
 		c.closeWith(fmt.Errorf("write: %w", err))
 	}
 	return err
+}
+
+// soonMax bounds what unlockWriteSoon leaves buffered: a writer that finds more flushes at
+// once, so bulk transfers keep writing in large batches.
+const soonMax = 16 << 10
+
+// unlockWriteSoon is unlockWrite for a small frame: the writer lets the goroutines that are
+// ready to run now go first, then flushes what is buffered unless one of them has. Streams
+// that a network poll woke together (requests of several connections arriving at once) then
+// leave in one TLS record and one syscall, and reach the peer as one TCP segment read with one
+// read; a lone frame costs one runtime.Gosched. Like unlockWrite, it returns once the frame is
+// written, or is left to a writer queued behind it.
+func (c *conn) unlockWriteSoon() error {
+	if c.wwait.Load() > 0 || c.bw.Buffered() > soonMax {
+		return c.unlockWrite()
+	}
+	c.flushDue.Store(true)
+	var err error
+	if c.batch != nil {
+		// What crypto/tls wrote while the frame was buffered: nothing unless bw overflowed.
+		err = c.batch.end()
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.closeWith(fmt.Errorf("write: %w", err))
+		return err
+	}
+	runtime.Gosched()
+	if !c.flushDue.Load() {
+		return nil // flushed by a writer that ran meanwhile
+	}
+	c.lockWrite()
+	return c.unlockWrite()
 }
 
 // writeDataLocked writes one DATA frame; wmu must be held.

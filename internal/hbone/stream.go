@@ -174,7 +174,11 @@ func (s *Stream) Write(p []byte) (int, error) {
 			c.closeWith(fmt.Errorf("write: %w", err))
 			return written, fmt.Errorf("%w: %w", ErrConnClosed, err)
 		}
-		if err := c.unlockWrite(); err != nil {
+		unlock := c.unlockWrite
+		if n <= soonMax {
+			unlock = c.unlockWriteSoon
+		}
+		if err := unlock(); err != nil {
 			return written, fmt.Errorf("%w: %w", ErrConnClosed, err)
 		}
 		written += int(n)
