@@ -34,7 +34,9 @@
 // reads DATA payloads straight into per-stream buffers that grow with the flow
 // and are pooled (an idle stream holds none), and lets concurrent streams
 // share one buffered TLS write: a writer flushes only when no other writer is
-// queued behind it, and the TLS records of one flush leave in one syscall.
+// queued behind it, the writer of a small frame first lets the goroutines that
+// are ready to run go (streams woken by the same network poll add their frames
+// to its flush), and the TLS records of one flush leave in one syscall.
 // It honours the peer's settings, PINGs every 10 s and closes a connection whose PING is unanswered for 20 s. It
 // interoperates with golang.org/x/net/http2 in both directions.
 package hbone
