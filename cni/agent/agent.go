@@ -102,7 +102,7 @@ type Agent struct {
 	mu      sync.Mutex
 	members map[string]*member // by pod UID
 
-	// probeDirty asks syncProbes to rewrite the node's probe rule (see syncProbeLocked).
+	// probeDirty asks syncProbes to rewrite the node's probe rule (see markProbeDirty).
 	probeDirty chan struct{}
 }
 

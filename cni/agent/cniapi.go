@@ -59,12 +59,15 @@ func (a *Agent) serveCNI(ctx context.Context, path string, req agentapi.PodReque
 	case agentapi.PathAdd:
 		began := time.Now()
 		steps, enrolled, err := a.cniAdd(ctx, req)
-		if err != nil {
-			a.log.Warn("CNI ADD failed", "pod", key, "err", err)
-		} else if enrolled {
-			attrs := append([]any{"pod", key, "took", millis(time.Since(began))}, steps.attrs()...)
-			a.log.Info("enrolled new pod", attrs...)
-		}
+		took := time.Since(began)
+		agentapi.AfterReply(ctx, func() {
+			if err != nil {
+				a.log.Warn("CNI ADD failed", "pod", key, "err", err)
+			} else if enrolled {
+				attrs := append([]any{"pod", key, "took", millis(took)}, steps.attrs()...)
+				a.log.Info("enrolled new pod", attrs...)
+			}
+		})
 		return enrolled, err
 	case agentapi.PathDel:
 		return false, a.unenrollKey(ctx, key)
@@ -134,12 +137,14 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (enrollStep
 		return steps, false, err
 	}
 	// The annotation is the reconciler's job, right after this reply: a round trip to the API
-	// server, slow when it is busy, that the sandbox need not wait for. Nothing needs it
-	// before the pod has an IP in its status (istiod-lite then tells other ztunnels to use
-	// HBONE to it), which the kubelet posts after this ADD returns; the pod's own traffic is
-	// captured already. The queue retries a failed patch, and an agent that restarts before
-	// it lands enrols the unannotated pod again as a running pod and annotates it.
-	a.queue.Add(req.PodNamespace + "/" + req.PodName)
+	// server, slow when it is busy, that the sandbox need not wait for, and that must not
+	// compete with the reply for CPU. Nothing needs it before the pod has an IP in its status
+	// (istiod-lite then tells other ztunnels to use HBONE to it), which the kubelet posts after
+	// this ADD returns; the pod's own traffic is captured already. The queue retries a failed
+	// patch, and an agent that restarts before it lands enrols the unannotated pod again as a
+	// running pod and annotates it.
+	key := req.PodNamespace + "/" + req.PodName
+	agentapi.AfterReply(ctx, func() { a.queue.Add(key) })
 	return steps, true, nil
 }
 

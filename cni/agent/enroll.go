@@ -21,6 +21,7 @@ import (
 	"istio.io/api/annotation"
 
 	zdspb "github.com/ambit-mesh/ambit/api/zds"
+	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/zds"
 )
@@ -263,7 +264,11 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 		return steps, errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
 	}
 	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
-	a.syncProbeLocked()
+	if newSandbox {
+		agentapi.AfterReply(ctx, a.markProbeDirty)
+	} else {
+		a.markProbeDirty()
+	}
 	return steps, nil
 }
 
@@ -322,23 +327,23 @@ func (a *Agent) unenrollLocked(ctx context.Context, uid string) error {
 		m.nsFile.Close()
 	}
 	delete(a.members, uid)
-	a.syncProbeLocked()
+	a.markProbeDirty()
 	return errors.Join(errs...)
 }
 
-// syncProbeLocked asks syncProbes to rewrite the node's probe rule for the current members;
-// mu must be held (it guards the change that calls it). The rewrite runs after the CNI reply,
-// not inside it: it rewrites one table in the node's netns, 3 ms p50 but up to 200 ms when
-// the node is busy, and kubelet probes only start once the pod's containers run. A burst of
-// changes is one rewrite.
-func (a *Agent) syncProbeLocked() {
+// markProbeDirty asks syncProbes to rewrite the node's probe rule for the current members,
+// which it reads when it runs; call it after changing them. A burst of changes is one
+// rewrite. For a new sandbox it is called after the CNI reply (AfterReply), not inside it:
+// the rewrite of one table in the node's netns takes 3 ms p50 but up to 200 ms when the node
+// is busy, and kubelet probes only start once the pod's containers run.
+func (a *Agent) markProbeDirty() {
 	select {
 	case a.probeDirty <- struct{}{}:
 	default:
 	}
 }
 
-// syncProbes rewrites the node's probe rule whenever syncProbeLocked asks, until ctx ends; a
+// syncProbes rewrites the node's probe rule whenever markProbeDirty asks, until ctx ends; a
 // failed rewrite is retried every probeRetry.
 func (a *Agent) syncProbes(ctx context.Context) {
 	retry := time.NewTimer(time.Hour)
@@ -453,7 +458,7 @@ func (a *Agent) recover(ctx context.Context) {
 		}
 		a.members[uid] = m
 	}
-	a.syncProbeLocked()
+	a.markProbeDirty()
 	if len(a.members) > 0 {
 		a.log.Info("recovered enrolled pods from a previous agent", "pods", len(a.members))
 	}

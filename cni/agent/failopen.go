@@ -137,7 +137,7 @@ func (a *Agent) bypassLocked(ctx context.Context, m *member) error {
 		return fmt.Errorf("removing the %s redirection of fail-open pod %s: %w", a.backend.Name(), m.key, err)
 	}
 	m.bypassed = true
-	a.syncProbeLocked()
+	a.markProbeDirty()
 	if err := a.zds.Del(ctx, m.pod.UID); err != nil {
 		return fmt.Errorf("dropping bypassed pod %s from ztunnel: %w", m.key, err)
 	}
@@ -162,7 +162,7 @@ func (a *Agent) restoreLocked(ctx context.Context, m *member) error {
 		return errors.Join(err, a.backend.Unenroll(ctx, m.pod), a.zds.Del(ctx, m.pod.UID))
 	}
 	m.bypassed = false
-	a.syncProbeLocked()
+	a.markProbeDirty()
 	return nil
 }
 

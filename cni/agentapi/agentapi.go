@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -100,27 +101,60 @@ func (c *Client) Call(ctx context.Context, path string, req PodRequest) (*Respon
 }
 
 // Handler serves the API with fn, which answers one request: its error becomes the Response's
-// Error (with status 503 so nothing mistakes it for success).
+// Error (with status 503 so nothing mistakes it for success). What fn registers with
+// AfterReply runs once the answer has been sent.
 func Handler(fn func(ctx context.Context, path string, req PodRequest) (enrolled bool, err error)) http.Handler {
 	mux := http.NewServeMux()
 	for _, p := range []string{PathAdd, PathDel, PathCheck} {
 		mux.HandleFunc("POST "+p, func(w http.ResponseWriter, r *http.Request) {
 			var req PodRequest
 			dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
-			w.Header().Set("Content-Type", "application/json")
 			if err := dec.Decode(&req); err != nil {
-				w.WriteHeader(http.StatusBadRequest)
-				json.NewEncoder(w).Encode(Response{Error: fmt.Sprintf("decoding request: %v", err)})
+				reply(w, http.StatusBadRequest, Response{Error: fmt.Sprintf("decoding request: %v", err)})
 				return
 			}
-			enrolled, err := fn(r.Context(), p, req)
+			after := &afterReply{}
+			enrolled, err := fn(context.WithValue(r.Context(), afterKey{}, after), p, req)
 			if err != nil {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				json.NewEncoder(w).Encode(Response{Enrolled: enrolled, Error: err.Error()})
-				return
+				reply(w, http.StatusServiceUnavailable, Response{Enrolled: enrolled, Error: err.Error()})
+			} else {
+				reply(w, http.StatusOK, Response{Enrolled: enrolled})
 			}
-			json.NewEncoder(w).Encode(Response{Enrolled: enrolled})
+			for _, f := range after.fns {
+				f()
+			}
 		})
 	}
 	return mux
+}
+
+// reply sends the answer at once, with its length, so the plugin has all of it and can return
+// while the handler goes on with what was left for after the reply.
+func reply(w http.ResponseWriter, code int, r Response) {
+	b, _ := json.Marshal(r)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(code)
+	w.Write(b)
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+type afterKey struct{}
+
+// afterReply holds the work a request left for after its answer; only the handler's goroutine
+// touches it.
+type afterReply struct{ fns []func() }
+
+// AfterReply runs f once the answer to the request of ctx (a Handler call) has been sent,
+// or at once outside one. The plugin, and the pod sandbox the container runtime is creating
+// behind it, do not wait for f: it is for work the answer does not depend on, which would
+// otherwise compete with it for the node's CPU.
+func AfterReply(ctx context.Context, f func()) {
+	if a, ok := ctx.Value(afterKey{}).(*afterReply); ok {
+		a.fns = append(a.fns, f)
+		return
+	}
+	f()
 }
