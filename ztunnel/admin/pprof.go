@@ -44,8 +44,8 @@ var profileHelp = map[string]string{
 func registerPprof(mux *http.ServeMux) {
 	mux.HandleFunc("GET /debug/pprof/{$}", pprofIndex)
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprofCmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprofCPU)
-	mux.HandleFunc("GET /debug/pprof/trace", pprofTrace)
+	mux.HandleFunc("GET /debug/pprof/profile", recording("profile", "CPU profile", defaultCPUProfileSeconds, pprof.StartCPUProfile, pprof.StopCPUProfile))
+	mux.HandleFunc("GET /debug/pprof/trace", recording("trace", "trace", defaultTraceSeconds, trace.Start, trace.Stop))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprofSymbol)
 	mux.HandleFunc("POST /debug/pprof/symbol", pprofSymbol)
 	mux.HandleFunc("GET /debug/pprof/{name}", pprofNamed)
@@ -74,36 +74,24 @@ func pprofCmdline(w http.ResponseWriter, _ *http.Request) {
 	io.WriteString(w, strings.Join(os.Args, "\x00"))
 }
 
-// pprofCPU writes a CPU profile taken over ?seconds= (default 30), or until the client leaves.
-func pprofCPU(w http.ResponseWriter, r *http.Request) {
-	d, err := seconds(r, defaultCPUProfileSeconds)
-	if err != nil {
-		http.Error(w, "profile: "+err.Error(), http.StatusBadRequest)
-		return
+// recording serves a recording (what: "CPU profile", "trace") taken over ?seconds= (default
+// def), or until the client leaves: name is the endpoint, start and stop begin and end the
+// recording into a writer. Only one recording of a kind runs at a time; another gets 409.
+func recording(name, what string, def int, start func(io.Writer) error, stop func()) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		d, err := seconds(r, def)
+		if err != nil {
+			http.Error(w, name+": "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		binaryHeaders(w, name)
+		if err := start(w); err != nil {
+			pprofError(w, fmt.Sprintf("%s: %v; another %s is being taken, try again when it ends", name, err, what), http.StatusConflict)
+			return
+		}
+		wait(r, d)
+		stop()
 	}
-	binaryHeaders(w, "profile")
-	if err := pprof.StartCPUProfile(w); err != nil {
-		pprofError(w, fmt.Sprintf("profile: %v; another CPU profile is being taken, try again when it ends", err), http.StatusConflict)
-		return
-	}
-	wait(r, d)
-	pprof.StopCPUProfile()
-}
-
-// pprofTrace writes an execution trace taken over ?seconds= (default 1).
-func pprofTrace(w http.ResponseWriter, r *http.Request) {
-	d, err := seconds(r, defaultTraceSeconds)
-	if err != nil {
-		http.Error(w, "trace: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	binaryHeaders(w, "trace")
-	if err := trace.Start(w); err != nil {
-		pprofError(w, fmt.Sprintf("trace: %v; another trace is being taken, try again when it ends", err), http.StatusConflict)
-		return
-	}
-	wait(r, d)
-	trace.Stop()
 }
 
 // pprofNamed writes one of the runtime/pprof profiles: protobuf, or text with ?debug=N > 0.
