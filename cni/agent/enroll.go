@@ -264,11 +264,8 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 		return steps, errors.Join(err, a.backend.Unenroll(ctx, rp), a.zds.Del(ctx, uid), f.Close())
 	}
 	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
-	if newSandbox {
-		agentapi.AfterReply(ctx, a.markProbeDirty)
-	} else {
-		a.markProbeDirty()
-	}
+	// During a CNI ADD after its answer; for a running pod (no CNI call) at once.
+	agentapi.AfterReply(ctx, a.markProbeDirty)
 	return steps, nil
 }
 
