@@ -66,27 +66,31 @@ type Config struct {
 	// WorkerThreads caps the threads running Go code at once (GOMAXPROCS); 0 keeps Go's
 	// default, the CPUs ztunnel may use.
 	WorkerThreads int
+	// MemoryTrimPeriod is how often ztunnel checks whether a burst left its heap large and,
+	// if so, returns the freed memory to the OS (memtrim); 0 leaves it to the Go runtime.
+	MemoryTrimPeriod time.Duration
 }
 
 // DefaultConfig returns the values used when no flag says otherwise.
 func DefaultConfig() Config {
 	return Config{
-		XDSAddress:     "istiod.istio-system.svc:15012",
-		CAAddress:      "istiod.istio-system.svc:15012",
-		RootCAFile:     "/var/run/secrets/istio/root-cert.pem",
-		ServerName:     "istiod.istio-system.svc",
-		TokenFile:      "/var/run/secrets/tokens/istio-token",
-		PodNamespace:   "istio-system",
-		ServiceAccount: "ztunnel",
-		TrustDomain:    "cluster.local",
-		ClusterID:      "Kubernetes",
-		ZDSPath:        "/var/run/ztunnel/ztunnel.sock",
-		AdminAddr:      "localhost:15000",
-		StatsAddr:      ":15020",
-		ReadyAddr:      ":15021",
-		ResolvConf:     "/etc/resolv.conf",
-		Drain:          5 * time.Second,
-		LogLevel:       "info",
+		XDSAddress:       "istiod.istio-system.svc:15012",
+		CAAddress:        "istiod.istio-system.svc:15012",
+		RootCAFile:       "/var/run/secrets/istio/root-cert.pem",
+		ServerName:       "istiod.istio-system.svc",
+		TokenFile:        "/var/run/secrets/tokens/istio-token",
+		PodNamespace:     "istio-system",
+		ServiceAccount:   "ztunnel",
+		TrustDomain:      "cluster.local",
+		ClusterID:        "Kubernetes",
+		ZDSPath:          "/var/run/ztunnel/ztunnel.sock",
+		AdminAddr:        "localhost:15000",
+		StatsAddr:        ":15020",
+		ReadyAddr:        ":15021",
+		ResolvConf:       "/etc/resolv.conf",
+		Drain:            5 * time.Second,
+		LogLevel:         "info",
+		MemoryTrimPeriod: 5 * time.Second,
 	}
 }
 
@@ -113,4 +117,5 @@ func (c *Config) bindFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "how long open connections may finish after SIGTERM")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.IntVar(&c.WorkerThreads, "worker-threads", c.WorkerThreads, "threads running the proxy at once (GOMAXPROCS); 0: one per CPU ztunnel may use")
+	fs.DurationVar(&c.MemoryTrimPeriod, "memory-trim-period", c.MemoryTrimPeriod, "how often to check whether a burst of traffic left freed memory to return to the OS; 0 disables")
 }

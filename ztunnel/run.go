@@ -12,6 +12,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/memtrim"
 	"github.com/ambit-mesh/ambit/internal/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/admin"
 	"github.com/ambit-mesh/ambit/ztunnel/certs"
@@ -120,6 +121,13 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 		defer wg.Done()
 		recheckOnPolicyChange(ctx, st, px, log)
 	}()
+	if cfg.MemoryTrimPeriod > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			memtrim.New(memtrim.DefaultFloor, memtrim.DefaultRetry).Run(ctx, cfg.MemoryTrimPeriod, log.With("component", "memtrim"))
+		}()
+	}
 	go func() {
 		// ZDS readiness follows the handler: lost on reconnect until the snapshot is in.
 		t := time.NewTicker(200 * time.Millisecond)
