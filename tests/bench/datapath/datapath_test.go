@@ -160,13 +160,13 @@ func BenchmarkDataPath(b *testing.B) {
 		// Rotate the order so that no variant always runs first or last.
 		for i := range variants {
 			v := variants[(i+pass)%len(variants)]
-			busy := waitIdle(ctx, b)
+			busy, top := waitIdle(ctx, b)
 			s, err := measure(ctx, v)
 			if err != nil {
 				b.Fatalf("pass %d, %s: %v", pass+1, v.name, err)
 			}
-			b.Logf("pass %d, %s (machine %.0f%% busy before): p50/p90/p99 %.3f/%.3f/%.3f ms, max %.0f qps, %.2f Gbit/s, %.4f cores/1000 rps, RSS %.1f MiB, PSS %.1f MiB",
-				pass+1, v.name, busy*100, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
+			b.Logf("pass %d, %s (machine %.0f%% busy before: %s): p50/p90/p99 %.3f/%.3f/%.3f ms, max %.0f qps, %.2f Gbit/s, %.4f cores/1000 rps, RSS %.1f MiB, PSS %.1f MiB",
+				pass+1, v.name, busy*100, top, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
 			results[v.name] = append(results[v.name], s)
 		}
 		if pass == 0 {
@@ -358,20 +358,20 @@ func measure(ctx context.Context, v *variant) (sample, error) {
 }
 
 // waitIdle waits (at most a minute) for the machine to be mostly idle before a pass, since
-// its cores are shared, and returns how busy it was last.
-func waitIdle(ctx context.Context, b *testing.B) float64 {
+// its cores are shared, and returns how busy it was last and the processes busiest then.
+func waitIdle(ctx context.Context, b *testing.B) (float64, string) {
 	deadline := time.Now().Add(time.Minute)
 	for {
-		busy, err := machineBusy(2 * time.Second)
+		busy, top, err := machineBusy(2 * time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}
 		if busy < 0.25 || ctx.Err() != nil {
-			return busy
+			return busy, top
 		}
 		if time.Now().After(deadline) {
-			b.Logf("the machine is still %.0f%% busy after a minute; measuring anyway", busy*100)
-			return busy
+			b.Logf("the machine is still %.0f%% busy after a minute (%s); measuring anyway", busy*100, top)
+			return busy, top
 		}
 	}
 }

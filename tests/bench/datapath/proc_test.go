@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -50,31 +51,85 @@ func podPIDs(uid string) ([]int, error) {
 
 // cpuTime is the user plus system CPU time that processes have used so far.
 func cpuTime(pids []int) (time.Duration, error) {
-	var ticks uint64
+	var total time.Duration
 	for _, pid := range pids {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		_, t, err := procCPU(pid)
 		if err != nil {
-			return 0, fmt.Errorf("reading the CPU time of process %d: %w", pid, err)
+			return 0, err
 		}
-		// The command name, in parentheses, may hold spaces: count fields after it.
-		i := strings.LastIndexByte(string(stat), ')')
-		if i < 0 {
-			return 0, fmt.Errorf("/proc/%d/stat: no ')' in %q", pid, stat)
+		total += t
+	}
+	return total, nil
+}
+
+// procCPU is a process's command name and the user plus system CPU time it has used so far.
+func procCPU(pid int) (string, time.Duration, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0, fmt.Errorf("reading the CPU time of process %d: %w", pid, err)
+	}
+	// The command name, in parentheses, may hold spaces: count fields after it.
+	open, end := strings.IndexByte(string(stat), '('), strings.LastIndexByte(string(stat), ')')
+	if open < 0 || end < open {
+		return "", 0, fmt.Errorf("/proc/%d/stat: no (name) in %q", pid, stat)
+	}
+	f := strings.Fields(string(stat[end+1:]))
+	if len(f) < 13 {
+		return "", 0, fmt.Errorf("/proc/%d/stat: %d fields after the name; want at least 13", pid, len(f))
+	}
+	// Fields 14 (utime) and 15 (stime) of proc(5); f[0] is field 3.
+	var ticks uint64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return "", 0, fmt.Errorf("/proc/%d/stat: CPU time %q: %w", pid, s, err)
 		}
-		f := strings.Fields(string(stat[i+1:]))
-		if len(f) < 13 {
-			return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name; want at least 13", pid, len(f))
+		ticks += n
+	}
+	return string(stat[open+1 : end]), time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// allCPU is every process's name and CPU time so far, by PID; processes that exit while it
+// reads are left out.
+func allCPU() map[int]procTime {
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	out := make(map[int]procTime, len(dirs))
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(filepath.Base(d))
+		if err != nil {
+			continue
 		}
-		// Fields 14 (utime) and 15 (stime) of proc(5); f[0] is field 3.
-		for _, s := range f[11:13] {
-			n, err := strconv.ParseUint(s, 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/stat: CPU time %q: %w", pid, s, err)
-			}
-			ticks += n
+		if name, t, err := procCPU(pid); err == nil {
+			out[pid] = procTime{name, t}
 		}
 	}
-	return time.Duration(ticks) * time.Second / userHZ, nil
+	return out
+}
+
+type procTime struct {
+	name string
+	cpu  time.Duration
+}
+
+// busiest names the n processes that used the most CPU between two allCPU snapshots, as
+// "name[pid] ms", for telling what kept the machine busy.
+func busiest(before, after map[int]procTime, n int) string {
+	type use struct {
+		pid int
+		procTime
+	}
+	var uses []use
+	for pid, a := range after {
+		if d := a.cpu - before[pid].cpu; d > 0 {
+			uses = append(uses, use{pid, procTime{a.name, d}})
+		}
+	}
+	sort.Slice(uses, func(i, j int) bool { return uses[i].cpu > uses[j].cpu })
+	var parts []string
+	for _, u := range uses[:min(n, len(uses))] {
+		parts = append(parts, fmt.Sprintf("%s[%d] %dms", u.name, u.pid, u.cpu.Milliseconds()))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // rss is the resident set size of processes (VmRSS), in bytes.
@@ -124,22 +179,25 @@ func pss(pids []int) (int64, error) {
 	return total, nil
 }
 
-// machineBusy is the fraction of the machine's CPU time (all cores) spent not idle over d.
-func machineBusy(d time.Duration) (float64, error) {
+// machineBusy is the fraction of the machine's CPU time (all cores) spent not idle over d,
+// with the processes that used most of it.
+func machineBusy(d time.Duration) (float64, string, error) {
+	procs := allCPU()
 	a, err := cpuTotals()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	time.Sleep(d)
 	b, err := cpuTotals()
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
+	top := busiest(procs, allCPU(), 3)
 	total, idle := b[0]-a[0], b[1]-a[1]
 	if total == 0 {
-		return 0, nil
+		return 0, top, nil
 	}
-	return 1 - float64(idle)/float64(total), nil
+	return 1 - float64(idle)/float64(total), top, nil
 }
 
 // cpuTotals returns the total and idle (idle + iowait) jiffies of /proc/stat's cpu line.
