@@ -21,9 +21,10 @@ import (
 	"time"
 )
 
-// DefaultFloor is the heap goal below which a Trimmer never trims: the runtime's own minimum
-// goal is 4 MiB, and trimming a heap this small would win little.
-const DefaultFloor = 8 << 20
+// DefaultFloor is the heap goal up to which a Trimmer never trims: the Go runtime's minimum
+// goal (4 MiB at GOGC=100), which only a heap with little live data has. Above it, a trim at
+// most every DefaultRetry costs one collection of the live heap per retry.
+const DefaultFloor = 4 << 20
 
 const goalMetric = "/gc/heap/goal:bytes"
 
