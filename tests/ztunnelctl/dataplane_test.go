@@ -380,10 +380,8 @@ func isReset(err error) bool {
 // countOpened reads istio_tcp_connections_opened_total for a reporter and security policy.
 func countOpened(t *testing.T, m *metrics.Metrics, reporter, policy string) int {
 	t.Helper()
-	mfs, err := m.Gatherer().Gather()
-	must(t, err)
 	total := 0
-	for _, mf := range mfs {
+	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
 		if mf.GetName() != "istio_tcp_connections_opened_total" {
 			continue
 		}
@@ -404,9 +402,7 @@ func countOpened(t *testing.T, m *metrics.Metrics, reporter, policy string) int 
 // reporter.
 func openedLabel(t *testing.T, m *metrics.Metrics, reporter, label string) string {
 	t.Helper()
-	mfs, err := m.Gatherer().Gather()
-	must(t, err)
-	for _, mf := range mfs {
+	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
 		if mf.GetName() != "istio_tcp_connections_opened_total" {
 			continue
 		}

@@ -5,21 +5,21 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ambit-mesh/ambit/internal/prom"
 )
 
 // Conn tracks one connection opened with [Metrics.Open]. Its methods are safe for concurrent
 // use (the two copy directions run on different goroutines) and do nothing on a nil *Conn.
 type Conn struct {
 	m                      *Metrics
-	closed, sent, received prometheus.Counter
+	closed, sent, received *prom.Counter
 	labels                 Labels
 	start                  time.Time
 	sentN, receivedN       atomic.Uint64
 	done                   atomic.Bool
 	end                    atomic.Int64 // close time in Unix nanoseconds, once done
 
-	// flushMu guards the flushed counts below: what the Prometheus counters already hold.
+	// flushMu guards the flushed counts below: what the counters already hold.
 	flushMu                  sync.Mutex
 	flushedSent, flushedRecv uint64
 }
@@ -92,11 +92,11 @@ func (c *Conn) flush() {
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
 	if s := c.sentN.Load(); s > c.flushedSent {
-		c.sent.Add(float64(s - c.flushedSent))
+		c.sent.Add(s - c.flushedSent)
 		c.flushedSent = s
 	}
 	if r := c.receivedN.Load(); r > c.flushedRecv {
-		c.received.Add(float64(r - c.flushedRecv))
+		c.received.Add(r - c.flushedRecv)
 		c.flushedRecv = r
 	}
 }

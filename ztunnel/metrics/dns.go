@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/ambit-mesh/ambit/internal/prom"
 )
 
 // dnsLabelNames are the labels of Istio's ztunnel DNS metrics.
@@ -12,22 +12,22 @@ var dnsLabelNames = []string{"request_query_type", "request_protocol", "source_c
 
 // dnsMetrics are the DNS proxy's counters, shared by every pod's [DNS].
 type dnsMetrics struct {
-	requests, upstream, failures *prometheus.CounterVec
-	duration                     *prometheus.HistogramVec
+	requests, upstream, failures *prom.CounterVec
+	duration                     *prom.HistogramVec
 }
 
-func newDNSMetrics(reg prometheus.Registerer) *dnsMetrics {
+// dnsBuckets are the upper bounds of istio_dns_upstream_request_duration_seconds, in seconds.
+var dnsBuckets = []float64{0.001, 0.005, 0.01, 0.1, 1, 5}
+
+func newDNSMetrics(reg *prom.Registry) *dnsMetrics {
 	d := &dnsMetrics{
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_requests_total",
-			Help: "DNS requests received by the DNS proxy."}, dnsLabelNames),
-		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_upstream_requests_total",
-			Help: "DNS requests forwarded to upstream resolvers."}, dnsLabelNames),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_dns_upstream_failures_total",
-			Help: "DNS requests no upstream resolver answered."}, dnsLabelNames),
-		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_dns_upstream_request_duration_seconds",
-			Help: "Time upstream resolvers took to answer a forwarded DNS request.", Buckets: []float64{0.001, 0.005, 0.01, 0.1, 1, 5}}, dnsLabelNames),
+		requests: prom.NewCounterVec("istio_dns_requests_total", "DNS requests received by the DNS proxy.", dnsLabelNames),
+		upstream: prom.NewCounterVec("istio_dns_upstream_requests_total", "DNS requests forwarded to upstream resolvers.", dnsLabelNames),
+		failures: prom.NewCounterVec("istio_dns_upstream_failures_total", "DNS requests no upstream resolver answered.", dnsLabelNames),
+		duration: prom.NewHistogramVec("istio_dns_upstream_request_duration_seconds",
+			"Time upstream resolvers took to answer a forwarded DNS request.", dnsLabelNames, dnsBuckets),
 	}
-	reg.MustRegister(d.requests, d.upstream, d.failures, d.duration)
+	reg.Register(d.requests, d.upstream, d.failures, d.duration)
 	return d
 }
 
@@ -77,7 +77,7 @@ func (d *DNS) ObserveRequest(queryType, protocol string) {
 		return
 	}
 	svc, rev := d.pod()
-	d.m.requests.WithLabelValues(queryType, protocol, svc, rev).Inc()
+	d.m.requests.With(queryType, protocol, svc, rev).Inc()
 }
 
 // ObserveUpstream counts a forwarded query, its duration, and its failure when err is not nil.
@@ -86,9 +86,9 @@ func (d *DNS) ObserveUpstream(queryType, protocol string, took time.Duration, er
 		return
 	}
 	svc, rev := d.pod()
-	d.m.upstream.WithLabelValues(queryType, protocol, svc, rev).Inc()
-	d.m.duration.WithLabelValues(queryType, protocol, svc, rev).Observe(took.Seconds())
+	d.m.upstream.With(queryType, protocol, svc, rev).Inc()
+	d.m.duration.With(queryType, protocol, svc, rev).Observe(took.Seconds())
 	if err != nil {
-		d.m.failures.WithLabelValues(queryType, protocol, svc, rev).Inc()
+		d.m.failures.With(queryType, protocol, svc, rev).Inc()
 	}
 }

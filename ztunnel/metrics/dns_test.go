@@ -5,17 +5,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ambit-mesh/ambit/ztunnel/dns"
 )
 
 var _ dns.Observer = (*DNS)(nil)
 
-// histogramCount returns the sample count of the histogram name{labels} from g, 0 if there is none.
-func histogramCount(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) uint64 {
+// histogramCount scrapes m and returns the sample count of the histogram name{labels}, 0 if
+// there is none.
+func histogramCount(t *testing.T, m *Metrics, name string, labels map[string]string) uint64 {
 	t.Helper()
-	return find(t, g, name, labels).GetHistogram().GetSampleCount()
+	return find(t, m, name, labels).GetHistogram().GetSampleCount()
 }
 
 func TestDNS(t *testing.T) {
@@ -44,11 +43,11 @@ func TestDNS(t *testing.T) {
 		{"failures", "istio_dns_upstream_failures_total", aaaaTCP, 1},
 	}
 	for _, tt := range tests {
-		if got, _ := value(t, m.Gatherer(), tt.metric, tt.labels); got != tt.want {
+		if got, _ := value(t, m, tt.metric, tt.labels); got != tt.want {
 			t.Errorf("%s: %s%v got %v, want %v", tt.name, tt.metric, tt.labels, got, tt.want)
 		}
 	}
-	if got := histogramCount(t, m.Gatherer(), "istio_dns_upstream_request_duration_seconds", aaaaTCP); got != 2 {
+	if got := histogramCount(t, m, "istio_dns_upstream_request_duration_seconds", aaaaTCP); got != 2 {
 		t.Errorf("duration samples: got %d, want 2", got)
 	}
 	var nilM *Metrics
@@ -73,10 +72,10 @@ func TestDNSForLearnsThePodsLabels(t *testing.T) {
 	pod.ObserveRequest("a", "udp")
 	before := map[string]string{"request_query_type": "a", "source_canonical_service": "unknown", "source_canonical_revision": "latest"}
 	after := map[string]string{"request_query_type": "a", "source_canonical_service": "reviews", "source_canonical_revision": "v2"}
-	if got, _ := value(t, m.Gatherer(), "istio_dns_requests_total", before); got != 1 {
+	if got, _ := value(t, m, "istio_dns_requests_total", before); got != 1 {
 		t.Errorf("requests before the workload was known: %v; want 1", got)
 	}
-	if got, _ := value(t, m.Gatherer(), "istio_dns_requests_total", after); got != 2 {
+	if got, _ := value(t, m, "istio_dns_requests_total", after); got != 2 {
 		t.Errorf("requests with the pod's labels: %v; want 2", got)
 	}
 	if asked != 2 {

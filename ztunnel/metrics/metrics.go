@@ -6,9 +6,11 @@
 //
 // The proxy calls [Metrics.Open] once per connection with its [Labels]; that resolves the
 // connection's counters once. [Conn.AddSent] and [Conn.AddReceived] then cost one uncontended
-// atomic add each; the bytes reach the Prometheus counters when the connection closes and, for
-// long-lived connections, whenever the registry is scraped through [Metrics.Gatherer] or
-// [Metrics.Handler].
+// atomic add each; the bytes reach the counters when the connection closes and, for
+// long-lived connections, whenever [Metrics.Handler] is scraped.
+//
+// The exposition is internal/prom's, not client_golang's: ztunnel's resident memory is mostly
+// its binary's pages (issue #4), and client_golang cost 0.6 MB of them.
 package metrics
 
 import (
@@ -16,16 +18,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/ambit-mesh/ambit/internal/prom"
 )
 
 // Metrics holds one ztunnel's registry and its TCP metrics. Create it with [New].
 type Metrics struct {
-	reg                            *prometheus.Registry
-	opened, closed, sent, received *prometheus.CounterVec
+	reg                            *prom.Registry
+	opened, closed, sent, received *prom.CounterVec
 	dnsVecs                        *dnsMetrics
 
 	// sets caches the counters of each label set (Labels -> *counterSet): one comparable-struct
@@ -41,44 +40,31 @@ type Metrics struct {
 // New returns metrics in a new registry, which also holds the Go runtime and process
 // collectors.
 func New() *Metrics {
-	vec := func(name, help string) *prometheus.CounterVec {
-		return prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labelNames)
-	}
+	vec := func(name, help string) *prom.CounterVec { return prom.NewCounterVec(name, help, labelNames) }
 	m := &Metrics{
-		reg:      prometheus.NewRegistry(),
+		reg:      prom.NewRegistry(),
 		opened:   vec("istio_tcp_connections_opened_total", "The total number of TCP connections opened."),
 		closed:   vec("istio_tcp_connections_closed_total", "The total number of TCP connections closed."),
 		sent:     vec("istio_tcp_sent_bytes_total", "The size of total bytes sent during response in case of a TCP connection."),
 		received: vec("istio_tcp_received_bytes_total", "The size of total bytes received during request in case of a TCP connection."),
 		live:     make(map[*Conn]struct{}),
 	}
-	m.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		m.opened, m.closed, m.sent, m.received,
-	)
+	m.reg.Register(prom.NewGoCollector(), prom.NewProcessCollector(), m.opened, m.closed, m.sent, m.received)
 	m.dnsVecs = newDNSMetrics(m.reg)
 	return m
 }
 
-// Registry is where other ztunnel components register their own collectors.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
-// Gatherer gathers the registry after moving the bytes of open connections into the counters.
-func (m *Metrics) Gatherer() prometheus.Gatherer {
-	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+// Handler serves the registry in the Prometheus text format 0.0.4 (for /metrics and
+// /stats/prometheus), after moving the bytes of open connections into the counters.
+func (m *Metrics) Handler() http.Handler {
+	h := m.reg.Handler()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m.Flush()
-		return m.reg.Gather()
+		h.ServeHTTP(w, r)
 	})
 }
 
-// Handler serves the registry in the Prometheus exposition format (for /metrics and
-// /stats/prometheus).
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.Gatherer(), promhttp.HandlerOpts{})
-}
-
-// Flush moves the bytes counted by open connections into the Prometheus counters.
+// Flush moves the bytes counted by open connections into the counters.
 func (m *Metrics) Flush() {
 	m.mu.Lock()
 	conns := make([]*Conn, 0, len(m.live))
@@ -108,7 +94,7 @@ func (m *Metrics) Open(l Labels) *Conn {
 
 // counterSet is the four counters of one label set.
 type counterSet struct {
-	opened, closed, sent, received prometheus.Counter
+	opened, closed, sent, received *prom.Counter
 }
 
 func (m *Metrics) counters(l Labels) *counterSet {
@@ -117,10 +103,10 @@ func (m *Metrics) counters(l Labels) *counterSet {
 	}
 	v := l.values()
 	cs := &counterSet{
-		opened:   m.opened.WithLabelValues(v...),
-		closed:   m.closed.WithLabelValues(v...),
-		sent:     m.sent.WithLabelValues(v...),
-		received: m.received.WithLabelValues(v...),
+		opened:   m.opened.With(v...),
+		closed:   m.closed.With(v...),
+		sent:     m.sent.With(v...),
+		received: m.received.With(v...),
 	}
 	got, _ := m.sets.LoadOrStore(l, cs)
 	return got.(*counterSet)

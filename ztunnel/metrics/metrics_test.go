@@ -8,20 +8,16 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	workloadpb "github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
-// find returns the metric name{labels} from g, or nil if there is none.
-func find(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) *dto.Metric {
+// find scrapes m and returns the metric name{labels}, or nil if there is none.
+func find(t *testing.T, m *Metrics, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
+	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
 		if mf.GetName() != name {
 			continue
 		}
@@ -42,14 +38,14 @@ func find(t *testing.T, g prometheus.Gatherer, name string, labels map[string]st
 	return nil
 }
 
-// value returns the counter name{labels} from g, and whether it exists.
-func value(t *testing.T, g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
+// value scrapes m and returns the counter name{labels}, and whether it exists.
+func value(t *testing.T, m *Metrics, name string, labels map[string]string) (float64, bool) {
 	t.Helper()
-	m := find(t, g, name, labels)
-	if m == nil {
+	c := find(t, m, name, labels)
+	if c == nil {
 		return 0, false
 	}
-	return m.GetCounter().GetValue(), true
+	return c.GetCounter().GetValue(), true
 }
 
 var fullLabels = Labels{
@@ -119,16 +115,12 @@ func TestLabels(t *testing.T) {
 			m := New()
 			m.Open(tt.labels).Close()
 			for _, name := range []string{"istio_tcp_connections_opened_total", "istio_tcp_connections_closed_total"} {
-				got, ok := value(t, m.Gatherer(), name, tt.want)
+				got, ok := value(t, m, name, tt.want)
 				if !ok || got != 1 {
 					t.Errorf("%s%v: got %v (found %v), want 1", name, tt.want, got, ok)
 				}
 			}
-			mfs, err := m.Gatherer().Gather()
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, mf := range mfs {
+			for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
 				if mf.GetName() == "istio_tcp_connections_opened_total" {
 					if got := len(mf.GetMetric()[0].GetLabel()); got != len(labelNames) {
 						t.Errorf("label count: got %d, want %d", got, len(labelNames))
@@ -141,9 +133,9 @@ func TestLabels(t *testing.T) {
 
 func TestBytes(t *testing.T) {
 	m := New()
-	sent := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_sent_bytes_total", nil); return v }
-	recv := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_received_bytes_total", nil); return v }
-	closed := func() float64 { v, _ := value(t, m.Gatherer(), "istio_tcp_connections_closed_total", nil); return v }
+	sent := func() float64 { v, _ := value(t, m, "istio_tcp_sent_bytes_total", nil); return v }
+	recv := func() float64 { v, _ := value(t, m, "istio_tcp_received_bytes_total", nil); return v }
+	closed := func() float64 { v, _ := value(t, m, "istio_tcp_connections_closed_total", nil); return v }
 
 	c := m.Open(fullLabels)
 	c.AddSent(100)
@@ -218,7 +210,7 @@ func TestConcurrent(t *testing.T) {
 		{"istio_tcp_connections_opened_total", conns},
 		{"istio_tcp_connections_closed_total", conns},
 	} {
-		if got, _ := value(t, m.Gatherer(), tt.name, nil); got != tt.want {
+		if got, _ := value(t, m, tt.name, nil); got != tt.want {
 			t.Errorf("%s: got %v, want %v", tt.name, got, tt.want)
 		}
 	}
