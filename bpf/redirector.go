@@ -143,7 +143,11 @@ func (r *Redirector) Attach(ctx context.Context, netnsPath string, podIPs []neti
 		return fmt.Errorf("attaching redirection: %w", err)
 	}
 	defer h.Close()
-	if err := h.Do(func() error { return r.attach(podIPs) }); err != nil {
+	err = h.Do(func() error { return r.attach(podIPs) })
+	// Only now, with this pod's programs in place: loading the next set while attaching
+	// doubled Attach's time on two cores (BenchmarkEnroll: 3.1 ms, 1.7 ms without).
+	r.refill()
+	if err != nil {
 		return fmt.Errorf("attaching redirection in %s: %w", netnsPath, err)
 	}
 	return nil
@@ -295,10 +299,9 @@ func (s *progSet) close() {
 	}
 }
 
-// takeSet returns the spare set if one is ready, else loads one, then has the next spare
-// loaded in the background.
+// takeSet returns the spare set if one is ready, else loads one. Attach has the next spare
+// loaded in the background once it is done.
 func (r *Redirector) takeSet() (*progSet, error) {
-	defer r.refill()
 	select {
 	case s := <-r.spare:
 		return s, nil
