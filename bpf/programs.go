@@ -29,14 +29,14 @@ type attached struct {
 	filter *netlink.BpfFilter
 }
 
-func ingressFilters(ifindex int) ([]netlink.Filter, error) {
-	return netlink.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
+func ingressFilters(nh *netlink.Handle, ifindex int) ([]netlink.Filter, error) {
+	return nh.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
 }
 
 // ours returns our programs named name among the TC ingress filters of ifindex in the current
 // netns. The caller closes them.
-func ours(ifindex int, name string) ([]attached, error) {
-	filters, err := ingressFilters(ifindex)
+func ours(nh *netlink.Handle, ifindex int, name string) ([]attached, error) {
+	filters, err := ingressFilters(nh, ifindex)
 	if err != nil {
 		return nil, fmt.Errorf("listing tc ingress filters of interface %d: %w", ifindex, err)
 	}
@@ -79,8 +79,8 @@ func clsact(ifindex int) *netlink.GenericQdisc {
 // attachFilter makes prog our filter on the ingress of ifindex, adding the clsact qdisc if the
 // interface has none. Over a filter of ours it swaps the program atomically: no packet passes
 // uncaptured in between.
-func attachFilter(ifindex int, name string, prog *ebpf.Program) error {
-	if err := netlink.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
+func attachFilter(nh *netlink.Handle, ifindex int, name string, prog *ebpf.Program) error {
+	if err := nh.QdiscAdd(clsact(ifindex)); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("adding the clsact qdisc to interface %d: %w", ifindex, err)
 	}
 	f := &netlink.BpfFilter{
@@ -90,14 +90,14 @@ func attachFilter(ifindex int, name string, prog *ebpf.Program) error {
 		},
 		Fd: prog.FD(), Name: name, DirectAction: true,
 	}
-	if err := netlink.FilterReplace(f); err != nil {
+	if err := nh.FilterReplace(f); err != nil {
 		return fmt.Errorf("attaching %s to tc ingress of interface %d (priority %d, handle %d): %w", name, ifindex, filterPrio, filterHandle, err)
 	}
 	return nil
 }
 
-func detach(a attached) error {
-	if err := netlink.FilterDel(a.filter); err != nil && !errors.Is(err, unix.ENOENT) {
+func detach(nh *netlink.Handle, a attached) error {
+	if err := nh.FilterDel(a.filter); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("deleting the tc ingress filter of interface %d: %w", a.filter.LinkIndex, err)
 	}
 	return nil
@@ -105,23 +105,23 @@ func detach(a attached) error {
 
 // uninstall removes every filter of ours named name from ifindex, then the clsact qdisc if no
 // filter is left on it (nothing else uses a clsact without filters).
-func uninstall(ifindex int, name string) error {
-	have, err := ours(ifindex, name)
+func uninstall(nh *netlink.Handle, ifindex int, name string) error {
+	have, err := ours(nh, ifindex, name)
 	if err != nil {
 		return err
 	}
 	defer closeAll(have)
 	for _, a := range have {
-		if err := detach(a); err != nil {
+		if err := detach(nh, a); err != nil {
 			return err
 		}
 	}
-	return removeEmptyClsact(ifindex)
+	return removeEmptyClsact(nh, ifindex)
 }
 
-func removeEmptyClsact(ifindex int) error {
+func removeEmptyClsact(nh *netlink.Handle, ifindex int) error {
 	dev := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
-	qdiscs, err := netlink.QdiscList(dev)
+	qdiscs, err := nh.QdiscList(dev)
 	if err != nil {
 		return fmt.Errorf("listing qdiscs of interface %d: %w", ifindex, err)
 	}
@@ -129,7 +129,7 @@ func removeEmptyClsact(ifindex int) error {
 		return nil
 	}
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		filters, err := netlink.FilterList(dev, parent)
+		filters, err := nh.FilterList(dev, parent)
 		if err != nil {
 			return fmt.Errorf("listing tc filters of interface %d: %w", ifindex, err)
 		}
@@ -137,19 +137,33 @@ func removeEmptyClsact(ifindex int) error {
 			return nil
 		}
 	}
-	if err := netlink.QdiscDel(clsact(ifindex)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+	if err := nh.QdiscDel(clsact(ifindex)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("deleting the clsact qdisc of interface %d: %w", ifindex, err)
 	}
 	return nil
 }
 
-// syncLocalAddrs makes the local_addrs map of the outbound program hold exactly addrs.
-func syncLocalAddrs(prog *ebpf.Program, addrs []netip.Addr) error {
-	m, err := programMap(prog, "local_addrs")
+// refreshMaps writes addrs and the egress interface into the maps of the attached outbound
+// program prog.
+func refreshMaps(prog *ebpf.Program, addrs []netip.Addr, egress int) error {
+	la, err := programMap(prog, "local_addrs")
 	if err != nil {
 		return err
 	}
-	defer m.Close()
+	defer la.Close()
+	if err := syncLocalAddrs(la, addrs); err != nil {
+		return err
+	}
+	cfg, err := programMap(prog, "config")
+	if err != nil {
+		return err
+	}
+	defer cfg.Close()
+	return setEgress(cfg, egress)
+}
+
+// syncLocalAddrs makes m, an outbound program's local_addrs map, hold exactly addrs.
+func syncLocalAddrs(m *ebpf.Map, addrs []netip.Addr) error {
 	want := map[[4]byte]bool{}
 	for _, a := range addrs {
 		if a.Is4() {
@@ -183,14 +197,9 @@ func syncLocalAddrs(prog *ebpf.Program, addrs []netip.Addr) error {
 	return nil
 }
 
-// setEgress stores the interface through which send_out (outbound.c) sends packets of
-// connections opened before enrolment.
-func setEgress(prog *ebpf.Program, ifindex int) error {
-	m, err := programMap(prog, "config")
-	if err != nil {
-		return err
-	}
-	defer m.Close()
+// setEgress stores in m, an outbound program's config map, the interface through which
+// send_out (outbound.c) sends packets of connections opened before enrolment.
+func setEgress(m *ebpf.Map, ifindex int) error {
 	if err := m.Put(uint32(0), outboundConfig{EgressIfindex: uint32(ifindex)}); err != nil {
 		return fmt.Errorf("writing config: %w", err)
 	}

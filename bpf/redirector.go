@@ -143,7 +143,14 @@ func (r *Redirector) Attach(ctx context.Context, netnsPath string, podIPs []neti
 		return fmt.Errorf("attaching redirection: %w", err)
 	}
 	defer h.Close()
-	err = h.Do(func() error { return r.attach(podIPs) })
+	err = h.Do(func() error {
+		nh, err := newNetlink()
+		if err != nil {
+			return err
+		}
+		defer nh.Close()
+		return r.attach(nh, podIPs)
+	})
 	// Only now, with this pod's programs in place: loading the next set while attaching
 	// doubled Attach's time on two cores (BenchmarkEnroll: 3.1 ms, 1.7 ms without).
 	r.refill()
@@ -153,12 +160,22 @@ func (r *Redirector) Attach(ctx context.Context, netnsPath string, podIPs []neti
 	return nil
 }
 
-func (r *Redirector) attach(podIPs []netip.Addr) error {
-	lo, others, err := links()
+// newNetlink opens the netlink socket that Attach, Detach and Installed send all their
+// requests through, in the calling thread's netns: one socket instead of one per request.
+func newNetlink() (*netlink.Handle, error) {
+	nh, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("opening netlink socket: %w", err)
+	}
+	return nh, nil
+}
+
+func (r *Redirector) attach(nh *netlink.Handle, podIPs []netip.Addr) error {
+	lo, others, err := links(nh)
 	if err != nil {
 		return err
 	}
-	addrs, src, err := localAddrs(podIPs)
+	addrs, src, err := localAddrs(nh, podIPs)
 	if err != nil {
 		return err
 	}
@@ -166,13 +183,10 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	egress := egressLink(others)
-	if out := r.current(lo, others, ino); out != nil {
+	egress := egressLink(nh, others)
+	if out := r.current(nh, lo, others, ino); out != nil {
 		defer out.Close()
-		if err := syncLocalAddrs(out, addrs); err != nil {
-			return err
-		}
-		if err := setEgress(out, egress); err != nil {
+		if err := refreshMaps(out, addrs, egress); err != nil {
 			return err
 		}
 		for _, ifc := range others {
@@ -180,7 +194,7 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 				return err
 			}
 		}
-		return ensureRouting(lo, src)
+		return ensureRouting(nh, lo, src)
 	}
 
 	// Something is missing or of another version: install a fresh set, each new program in
@@ -190,21 +204,21 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 		return err
 	}
 	defer set.close()
-	if err := syncLocalAddrs(set.out, addrs); err != nil {
+	if err := syncLocalAddrs(set.localAddrs, addrs); err != nil {
 		return err
 	}
-	if err := setEgress(set.out, egress); err != nil {
+	if err := setEgress(set.config, egress); err != nil {
 		return err
 	}
 	// Outbound first: it must know the local addresses before the routes send it traffic.
-	if err := replaceFilter(lo, progOutbound, set.out); err != nil {
+	if err := replaceFilter(nh, lo, progOutbound, set.out); err != nil {
 		return err
 	}
 	for _, ifc := range others {
 		if err := setSrcValidMark(ifc.name, true); err != nil {
 			return err
 		}
-		if err := replaceFilter(ifc.index, progInbound, set.in); err != nil {
+		if err := replaceFilter(nh, ifc.index, progInbound, set.in); err != nil {
 			return err
 		}
 	}
@@ -212,25 +226,25 @@ func (r *Redirector) attach(podIPs []netip.Addr) error {
 		return err
 	}
 	// The rules last: they need the inbound programs' marks (see inbound.c).
-	return ensureRouting(lo, src)
+	return ensureRouting(nh, lo, src)
 }
 
 // replaceFilter makes prog our filter on ifindex, then removes the other filters of ours
 // called name there (a filter of ours elsewhere in the chain is of another version).
-func replaceFilter(ifindex int, name string, prog *ebpf.Program) error {
-	old, err := ours(ifindex, name)
+func replaceFilter(nh *netlink.Handle, ifindex int, name string, prog *ebpf.Program) error {
+	old, err := ours(nh, ifindex, name)
 	if err != nil {
 		return err
 	}
 	defer closeAll(old)
-	if err := attachFilter(ifindex, name, prog); err != nil {
+	if err := attachFilter(nh, ifindex, name, prog); err != nil {
 		return err
 	}
 	for _, a := range old {
 		if a.filter.Priority == filterPrio && a.filter.Handle == filterHandle {
 			continue // replaced in place
 		}
-		if err := detach(a); err != nil {
+		if err := detach(nh, a); err != nil {
 			return err
 		}
 	}
@@ -239,9 +253,9 @@ func replaceFilter(ifindex int, name string, prog *ebpf.Program) error {
 
 // current returns the attached outbound program if the netns has exactly the current
 // programs, one per attach point, all sharing one set of maps; nil otherwise.
-func (r *Redirector) current(lo int, others []iface, ino uint64) *ebpf.Program {
+func (r *Redirector) current(nh *netlink.Handle, lo int, others []iface, ino uint64) *ebpf.Program {
 	one := func(ifindex int, name string) *ebpf.Program {
-		have, err := ours(ifindex, name)
+		have, err := ours(nh, ifindex, name)
 		if err != nil || len(have) != 1 || have[0].tag != r.tags[name] {
 			closeAll(have)
 			return nil
@@ -286,15 +300,22 @@ func (r *Redirector) current(lo int, others []iface, ino uint64) *ebpf.Program {
 	return out
 }
 
-// progSet is one pod's programs, sharing the outbound program's maps.
+// progSet is one pod's programs, sharing the outbound program's maps, and the two maps
+// Attach writes (so it need not look them up through the program).
 type progSet struct {
-	out, in, lookup *ebpf.Program
+	out, in, lookup    *ebpf.Program
+	localAddrs, config *ebpf.Map
 }
 
 func (s *progSet) close() {
 	for _, p := range []*ebpf.Program{s.out, s.in, s.lookup} {
 		if p != nil {
 			p.Close()
+		}
+	}
+	for _, m := range []*ebpf.Map{s.localAddrs, s.config} {
+		if m != nil {
+			m.Close()
 		}
 	}
 }
@@ -352,9 +373,11 @@ func (r *Redirector) loadSet() (*progSet, error) {
 	}
 	defer lookupColl.Close()
 	return &progSet{
-		out:    outColl.DetachProgram(progOutbound),
-		in:     inColl.DetachProgram(progInbound),
-		lookup: lookupColl.DetachProgram(progLookup),
+		out:        outColl.DetachProgram(progOutbound),
+		in:         inColl.DetachProgram(progInbound),
+		lookup:     lookupColl.DetachProgram(progLookup),
+		localAddrs: outColl.DetachMap("local_addrs"),
+		config:     outColl.DetachMap("config"),
 	}, nil
 }
 
@@ -411,19 +434,24 @@ func (r *Redirector) Detach(ctx context.Context, netnsPath string) error {
 	}
 	defer h.Close()
 	err = h.Do(func() error {
-		lo, others, err := links()
+		nh, err := newNetlink()
+		if err != nil {
+			return err
+		}
+		defer nh.Close()
+		lo, others, err := links(nh)
 		if err != nil {
 			return err
 		}
 		// Routing first: with the rules gone, outbound traffic no longer goes to lo.
-		if err := removeRouting(); err != nil {
+		if err := removeRouting(nh); err != nil {
 			return err
 		}
-		if err := uninstall(lo, progOutbound); err != nil {
+		if err := uninstall(nh, lo, progOutbound); err != nil {
 			return err
 		}
 		for _, ifc := range others {
-			if err := uninstall(ifc.index, progInbound); err != nil {
+			if err := uninstall(nh, ifc.index, progInbound); err != nil {
 				return err
 			}
 			if err := setSrcValidMark(ifc.name, false); err != nil {
@@ -455,13 +483,18 @@ func (r *Redirector) Installed(ctx context.Context, netnsPath string) ([]string,
 	defer h.Close()
 	var out []string
 	err = h.Do(func() error {
-		all, err := netlink.LinkList()
+		nh, err := newNetlink()
+		if err != nil {
+			return err
+		}
+		defer nh.Close()
+		all, err := nh.LinkList()
 		if err != nil {
 			return fmt.Errorf("listing interfaces: %w", err)
 		}
 		for _, l := range all {
 			for _, name := range []string{progInbound, progOutbound} {
-				have, err := ours(l.Attrs().Index, name)
+				have, err := ours(nh, l.Attrs().Index, name)
 				if err != nil {
 					return err
 				}
@@ -491,14 +524,14 @@ func (r *Redirector) Installed(ctx context.Context, netnsPath string) ([]string,
 		} else if _, err := os.Stat(filepath.Dir(r.lookupPinPath(ino))); err == nil {
 			out = append(out, "pin directory "+filepath.Dir(r.lookupPinPath(ino)))
 		}
-		rules, err := ourRules()
+		rules, err := ourRules(nh)
 		if err != nil {
 			return err
 		}
 		for _, r := range rules {
 			out = append(out, "rule "+r.String())
 		}
-		routes, err := ourRoutes()
+		routes, err := ourRoutes(nh)
 		if err != nil {
 			return err
 		}
@@ -520,8 +553,8 @@ type iface struct {
 }
 
 // links returns lo's index and the namespace's other interfaces.
-func links() (lo int, others []iface, err error) {
-	all, err := netlink.LinkList()
+func links(nh *netlink.Handle) (lo int, others []iface, err error) {
+	all, err := nh.LinkList()
 	if err != nil {
 		return 0, nil, fmt.Errorf("listing interfaces: %w", err)
 	}
@@ -541,8 +574,8 @@ func links() (lo int, others []iface, err error) {
 
 // egressLink returns the interface of the main table's IPv4 default route, else the first
 // interface that is not lo, else 0.
-func egressLink(others []iface) int {
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+func egressLink(nh *netlink.Handle, others []iface) int {
+	routes, err := nh.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
 	if err == nil {
 		for _, r := range routes {
 			if (r.Dst == nil || r.Dst.IP.IsUnspecified()) && r.LinkIndex > 0 {
@@ -558,8 +591,8 @@ func egressLink(others []iface) int {
 
 // localAddrs returns the namespace's IPv4 addresses plus podIPs, and the source address for
 // captured outbound connections: the first IPv4 pod IP, else the first global IPv4 address.
-func localAddrs(podIPs []netip.Addr) (addrs []netip.Addr, src netip.Addr, err error) {
-	list, err := netlink.AddrList(nil, unix.AF_INET)
+func localAddrs(nh *netlink.Handle, podIPs []netip.Addr) (addrs []netip.Addr, src netip.Addr, err error) {
+	list, err := nh.AddrList(nil, unix.AF_INET)
 	if err != nil {
 		return nil, netip.Addr{}, fmt.Errorf("listing addresses: %w", err)
 	}

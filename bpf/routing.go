@@ -72,8 +72,8 @@ func ruleKey(r *netlink.Rule) string {
 		r.Priority, r.Mark, mask, dst, dport, r.IPProto, goTo, table)
 }
 
-func ourRules() ([]netlink.Rule, error) {
-	all, err := netlink.RuleList(unix.AF_INET)
+func ourRules(nh *netlink.Handle) ([]netlink.Rule, error) {
+	all, err := nh.RuleList(unix.AF_INET)
 	if err != nil {
 		return nil, fmt.Errorf("listing rules: %w", err)
 	}
@@ -100,8 +100,8 @@ func wantRoute(lo int, src netip.Addr) *netlink.Route {
 	}
 }
 
-func ourRoutes() ([]netlink.Route, error) {
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: routeTable}, netlink.RT_FILTER_TABLE)
+func ourRoutes(nh *netlink.Handle) ([]netlink.Route, error) {
+	routes, err := nh.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: routeTable}, netlink.RT_FILTER_TABLE)
 	if err != nil {
 		return nil, fmt.Errorf("listing routes of table %d: %w", routeTable, err)
 	}
@@ -110,11 +110,11 @@ func ourRoutes() ([]netlink.Route, error) {
 
 // ensureRouting installs the route, then the rules (the route first, so no rule points at an
 // empty table). Rules already right are kept, so reconciling opens no gap in the capture.
-func ensureRouting(lo int, src netip.Addr) error {
-	if err := netlink.RouteReplace(wantRoute(lo, src)); err != nil {
+func ensureRouting(nh *netlink.Handle, lo int, src netip.Addr) error {
+	if err := nh.RouteReplace(wantRoute(lo, src)); err != nil {
 		return fmt.Errorf("adding local route to table %d: %w", routeTable, err)
 	}
-	have, err := ourRules()
+	have, err := ourRules(nh)
 	if err != nil {
 		return err
 	}
@@ -131,13 +131,13 @@ func ensureRouting(lo int, src netip.Addr) error {
 		if haveKeys[k] {
 			continue
 		}
-		if err := netlink.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err := nh.RuleAdd(r); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("adding rule %d: %w", r.Priority, err)
 		}
 	}
 	for i := range have {
 		if !wantKeys[ruleKey(&have[i])] {
-			if err := netlink.RuleDel(&have[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+			if err := nh.RuleDel(&have[i]); err != nil && !errors.Is(err, unix.ENOENT) {
 				return fmt.Errorf("deleting stale rule %d: %w", have[i].Priority, err)
 			}
 		}
@@ -146,22 +146,22 @@ func ensureRouting(lo int, src netip.Addr) error {
 }
 
 // removeRouting deletes our rules (the capture ones first) and routes.
-func removeRouting() error {
-	have, err := ourRules()
+func removeRouting(nh *netlink.Handle) error {
+	have, err := ourRules(nh)
 	if err != nil {
 		return err
 	}
 	for i := range have {
-		if err := netlink.RuleDel(&have[i]); err != nil && !errors.Is(err, unix.ENOENT) {
+		if err := nh.RuleDel(&have[i]); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("deleting rule %d: %w", have[i].Priority, err)
 		}
 	}
-	routes, err := ourRoutes()
+	routes, err := ourRoutes(nh)
 	if err != nil {
 		return err
 	}
 	for i := range routes {
-		if err := netlink.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
+		if err := nh.RouteDel(&routes[i]); err != nil && !errors.Is(err, unix.ESRCH) {
 			return fmt.Errorf("deleting route of table %d: %w", routeTable, err)
 		}
 	}
