@@ -62,3 +62,24 @@ func TestAfterReplyOutsideAHandlerRunsAtOnce(t *testing.T) {
 		t.Error("AfterReply outside a Handler call did not run f")
 	}
 }
+
+// BenchmarkCall times one call from the plugin's client to an agent answering at once:
+//
+//	go test -run '^$' -bench BenchmarkCall ./cni/agentapi
+func BenchmarkCall(b *testing.B) {
+	sock := filepath.Join(b.TempDir(), "agent.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &http.Server{Handler: Handler(func(context.Context, string, PodRequest) (bool, error) { return true, nil })}
+	go srv.Serve(ln)
+	defer srv.Close()
+	c := NewClient(sock, 10*time.Second)
+	req := PodRequest{ContainerID: "abc", Netns: "/var/run/netns/cni-1", IfName: "eth0", PodNamespace: "demo", PodName: "web-0", PodUID: "uid-1"}
+	for b.Loop() {
+		if _, err := c.Call(context.Background(), PathAdd, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

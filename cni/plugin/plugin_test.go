@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 
@@ -32,7 +33,7 @@ type fakeAgent struct {
 	answer error
 }
 
-func startAgent(t *testing.T) *fakeAgent {
+func startAgent(t testing.TB) *fakeAgent {
 	t.Helper()
 	a := &fakeAgent{socket: filepath.Join(t.TempDir(), "agent.sock")}
 	ln, err := net.Listen("unix", a.socket)
@@ -186,8 +187,9 @@ func TestDelAndCheck(t *testing.T) {
 	}
 }
 
-// TestBinary runs the built plugin the way a container runtime does.
-func TestBinary(t *testing.T) {
+// buildPlugin builds the plugin binary into a temporary directory.
+func buildPlugin(t testing.TB) string {
+	t.Helper()
 	bin := filepath.Join(t.TempDir(), Type)
 	build := exec.Command("go", "build", "-o", bin, "github.com/ambit-mesh/ambit/cni/cmd/ambit-cni")
 	// Static, as the image carries it (and as make builds it: the race run's cgo setting would
@@ -196,14 +198,23 @@ func TestBinary(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building %s: %v\n%s", Type, err, out)
 	}
+	return bin
+}
+
+// runBinary runs bin as a container runtime runs a CNI plugin.
+func runBinary(bin, command string, stdin []byte) ([]byte, error) {
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=abc", "CNI_NETNS=/var/run/netns/x",
+		"CNI_IFNAME=eth0", "CNI_PATH=/opt/cni/bin", "CNI_ARGS="+podArgs)
+	cmd.Stdin = bytes.NewReader(stdin)
+	return cmd.Output()
+}
+
+// TestBinary runs the built plugin the way a container runtime does.
+func TestBinary(t *testing.T) {
+	bin := buildPlugin(t)
 	a := startAgent(t)
-	run := func(command string, stdin []byte) ([]byte, error) {
-		cmd := exec.Command(bin)
-		cmd.Env = append(os.Environ(), "CNI_COMMAND="+command, "CNI_CONTAINERID=abc", "CNI_NETNS=/var/run/netns/x",
-			"CNI_IFNAME=eth0", "CNI_PATH=/opt/cni/bin", "CNI_ARGS="+podArgs)
-		cmd.Stdin = bytes.NewReader(stdin)
-		return cmd.Output()
-	}
+	run := func(command string, stdin []byte) ([]byte, error) { return runBinary(bin, command, stdin) }
 	out, err := run("ADD", config("1.0.0", a.socket, true))
 	if err != nil {
 		t.Fatalf("ADD: %v (%s)", err, out)
@@ -227,6 +238,42 @@ func TestBinary(t *testing.T) {
 	out, err = run("ADD", config("1.0.0", a.socket, true))
 	if err == nil || !strings.Contains(string(out), "ztunnel not connected on node n1") {
 		t.Errorf("ADD with ztunnel down = %s, %v; want a CNI error naming the node", out, err)
+	}
+}
+
+// BenchmarkBinary times the plugin's exec as the container runtime pays it: VERSION (start-up
+// and exit only) and ADD with a fake agent on a Unix socket that enrols at once, next to
+// /bin/true for the machine's cost of any exec. p50-ms and p99-ms are per exec:
+//
+//	go test -run '^$' -bench BenchmarkBinary -benchtime 200x ./cni/plugin
+func BenchmarkBinary(b *testing.B) {
+	bin := buildPlugin(b)
+	a := startAgent(b)
+	for _, c := range []struct {
+		name, bin, command string
+		stdin              []byte
+	}{
+		{"true", "/bin/true", "VERSION", nil},
+		{"VERSION", bin, "VERSION", []byte(`{"cniVersion":"1.0.0"}`)},
+		{"ADD", bin, "ADD", config("1.0.0", a.socket, true)},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			var took []time.Duration
+			for b.Loop() {
+				began := time.Now()
+				if out, err := runBinary(c.bin, c.command, c.stdin); err != nil {
+					b.Fatalf("%s: %v (%s)", c.command, err, out)
+				}
+				took = append(took, time.Since(began))
+			}
+			slices.Sort(took)
+			for _, q := range []struct {
+				name string
+				at   float64
+			}{{"p50-ms", 0.50}, {"p99-ms", 0.99}} {
+				b.ReportMetric(float64(took[int(q.at*float64(len(took)-1))])/1e6, q.name)
+			}
+		})
 	}
 }
 
