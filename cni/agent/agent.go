@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -221,15 +220,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	})
 	wg.Go(func() {
-		if err := srv.Serve(cln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(ctx, cln); err != nil {
 			errc <- fmt.Errorf("serving the CNI API: %w", err)
 		}
-	})
-	wg.Go(func() {
-		<-ctx.Done()
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer scancel()
-		srv.Shutdown(sctx)
 	})
 	wg.Go(func() { a.worker(ctx) })
 	if a.cfg.ProbeRule {

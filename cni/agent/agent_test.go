@@ -320,16 +320,16 @@ func TestCNIAdd(t *testing.T) {
 	}
 
 	// No ztunnel yet: an ambient pod's sandbox must wait, a plain one is let through.
-	if _, err := c.Call(ctx, agentapi.PathAdd, req("late")); err == nil || !strings.Contains(err.Error(), "ztunnel not connected on node n1") {
+	if _, err := c.Call(ctx, agentapi.OpAdd, req("late")); err == nil || !strings.Contains(err.Error(), "ztunnel not connected on node n1") {
 		t.Errorf("ADD without ztunnel = %v; want \"ztunnel not connected on node n1\"", err)
 	}
-	if r, err := c.Call(ctx, agentapi.PathAdd, req("plain")); err != nil || r.Enrolled {
+	if r, err := c.Call(ctx, agentapi.OpAdd, req("plain")); err != nil || r.Enrolled {
 		t.Errorf("ADD of a plain pod = %+v, %v; want not enrolled", r, err)
 	}
 
 	z, _ := startZtunnel(t, h.cfg.ZDSSocket)
 	waitFor(t, "ztunnel to connect", h.agent.ZDS().Connected)
-	r, err := c.Call(ctx, agentapi.PathAdd, req("new"))
+	r, err := c.Call(ctx, agentapi.OpAdd, req("new"))
 	if err != nil || !r.Enrolled {
 		t.Fatalf("ADD = %+v, %v; want enrolled", r, err)
 	}
@@ -341,16 +341,16 @@ func TestCNIAdd(t *testing.T) {
 	if got := h.annotation(t, "plain"); got != "" {
 		t.Errorf("annotation of the plain pod = %q, want none", got)
 	}
-	if _, err := c.Call(ctx, agentapi.PathCheck, req("new")); err != nil {
+	if _, err := c.Call(ctx, agentapi.OpCheck, req("new")); err != nil {
 		t.Errorf("CHECK of an enrolled pod: %v", err)
 	}
-	if _, err := c.Call(ctx, agentapi.PathDel, req("new")); err != nil {
+	if _, err := c.Call(ctx, agentapi.OpDel, req("new")); err != nil {
 		t.Errorf("DEL: %v", err)
 	}
 	if z.holds("uid-new") || !h.backend.has("unenroll new") {
 		t.Errorf("after DEL: ztunnel holds it = %v, redirection removed = %v", z.holds("uid-new"), h.backend.has("unenroll new"))
 	}
-	if _, err := c.Call(ctx, agentapi.PathDel, agentapi.PodRequest{PodNamespace: "demo", PodName: "unknown"}); err != nil {
+	if _, err := c.Call(ctx, agentapi.OpDel, agentapi.PodRequest{PodNamespace: "demo", PodName: "unknown"}); err != nil {
 		t.Errorf("DEL of an unknown pod: %v", err)
 	}
 }
@@ -383,7 +383,7 @@ func TestCNIAddFailureUndoesBoth(t *testing.T) {
 	} {
 		req := agentapi.PodRequest{ContainerID: "c-" + name, Netns: holdNetns(t), IfName: "eth0", PodNamespace: "demo",
 			PodName: name, PodUID: "uid-" + name, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}}
-		if _, err := c.Call(ctx, agentapi.PathAdd, req); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := c.Call(ctx, agentapi.OpAdd, req); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ADD of %s = %v; want an error saying %q", name, err, want)
 		}
 		if z.holds("uid-"+name) || !h.backend.has("unenroll "+name) {
@@ -416,7 +416,7 @@ func TestCNIAddAnnotationRetried(t *testing.T) {
 	startZtunnel(t, h.cfg.ZDSSocket)
 	waitFor(t, "ztunnel to connect", h.agent.ZDS().Connected)
 	c := agentapi.NewClient(h.cfg.CNISocket, 10*time.Second)
-	r, err := c.Call(ctx, agentapi.PathAdd, agentapi.PodRequest{ContainerID: "c-new", Netns: holdNetns(t), IfName: "eth0",
+	r, err := c.Call(ctx, agentapi.OpAdd, agentapi.PodRequest{ContainerID: "c-new", Netns: holdNetns(t), IfName: "eth0",
 		PodNamespace: "demo", PodName: "new", PodUID: "uid-new", IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}})
 	if err != nil || !r.Enrolled {
 		t.Fatalf("ADD = %+v, %v; want enrolled although the API server refuses patches", r, err)

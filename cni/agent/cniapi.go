@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -23,10 +22,9 @@ type peerPIDKey struct{}
 // cniServer serves the plugin's calls. Each connection remembers the plugin's PID
 // (SO_PEERCRED): the netns path in a CNI call is a path in the container runtime's mount
 // namespace, which the agent reaches through /proc/PID/root while the plugin waits.
-func (a *Agent) cniServer() *http.Server {
-	return &http.Server{
-		Handler:           agentapi.Handler(a.serveCNI),
-		ReadHeaderTimeout: 10 * time.Second,
+func (a *Agent) cniServer() *agentapi.Server {
+	return &agentapi.Server{
+		Handle: a.serveCNI,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if pid := peerPID(c); pid > 0 {
 				return context.WithValue(ctx, peerPIDKey{}, pid)
@@ -53,10 +51,10 @@ func peerPID(c net.Conn) int {
 	return int(cred.Pid)
 }
 
-func (a *Agent) serveCNI(ctx context.Context, path string, req agentapi.PodRequest) (bool, error) {
+func (a *Agent) serveCNI(ctx context.Context, op agentapi.Op, req agentapi.PodRequest) (bool, error) {
 	key := req.PodNamespace + "/" + req.PodName
-	switch path {
-	case agentapi.PathAdd:
+	switch op {
+	case agentapi.OpAdd:
 		began := time.Now()
 		steps, enrolled, err := a.cniAdd(ctx, req)
 		took := time.Since(began)
@@ -69,7 +67,7 @@ func (a *Agent) serveCNI(ctx context.Context, path string, req agentapi.PodReque
 			}
 		})
 		return enrolled, err
-	case agentapi.PathDel:
+	case agentapi.OpDel:
 		return false, a.unenrollKey(ctx, key)
 	default:
 		return a.cniCheck(ctx, req)

@@ -312,13 +312,13 @@ func TestFailOpenNewPodDuringOutage(t *testing.T) {
 		return agentapi.PodRequest{ContainerID: "c-" + name, Netns: podNS, IfName: "eth0", PodNamespace: "demo",
 			PodName: name, PodUID: "uid-" + name, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}}
 	}
-	if r, err := c.Call(ctx, agentapi.PathAdd, req("open")); err != nil || r.Enrolled {
+	if r, err := c.Call(ctx, agentapi.OpAdd, req("open")); err != nil || r.Enrolled {
 		t.Errorf("ADD of a fail-open pod during the outage = %+v, %v; want it started, not enrolled", r, err)
 	}
-	if _, err := c.Call(ctx, agentapi.PathCheck, req("open")); err != nil {
+	if _, err := c.Call(ctx, agentapi.OpCheck, req("open")); err != nil {
 		t.Errorf("CHECK of the bypassed pod: %v", err)
 	}
-	if _, err := c.Call(ctx, agentapi.PathAdd, req("closed")); err == nil || !strings.Contains(err.Error(), "ztunnel not connected on node n1") {
+	if _, err := c.Call(ctx, agentapi.OpAdd, req("closed")); err == nil || !strings.Contains(err.Error(), "ztunnel not connected on node n1") {
 		t.Errorf("ADD of a fail-closed pod during the outage = %v; want \"ztunnel not connected on node n1\"", err)
 	}
 	if a := h.annotations(t, "open"); a[RedirectionAnnotation] != "bypassed" {

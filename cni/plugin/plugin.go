@@ -134,7 +134,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	if isPod {
-		if _, err := conf.client().Call(context.Background(), agentapi.PathAdd, req); err != nil {
+		if _, err := conf.client().Call(context.Background(), agentapi.OpAdd, req); err != nil {
 			return fmt.Errorf("%s: enrolling pod %s/%s: %w", Type, req.PodNamespace, req.PodName, err)
 		}
 	}
@@ -156,7 +156,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	// The answer is dropped on purpose, see above; the agent gets a short time to answer.
 	ctx, cancel := context.WithTimeout(context.Background(), delTimeout)
 	defer cancel()
-	_, _ = conf.client().Call(ctx, agentapi.PathDel, req)
+	_, _ = conf.client().Call(ctx, agentapi.OpDel, req)
 	return nil
 }
 
@@ -173,7 +173,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	if err != nil || !isPod {
 		return err
 	}
-	if _, err := conf.client().Call(context.Background(), agentapi.PathCheck, req); err != nil {
+	if _, err := conf.client().Call(context.Background(), agentapi.OpCheck, req); err != nil {
 		return fmt.Errorf("%s: checking pod %s/%s: %w", Type, req.PodNamespace, req.PodName, err)
 	}
 	return nil

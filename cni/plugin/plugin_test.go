@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -28,7 +27,7 @@ import (
 type fakeAgent struct {
 	socket string
 	mu     sync.Mutex // guards calls and answer
-	calls  []string
+	calls  []agentapi.Op
 	reqs   []agentapi.PodRequest
 	answer error
 }
@@ -40,19 +39,27 @@ func startAgent(t testing.TB) *fakeAgent {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: agentapi.Handler(func(_ context.Context, path string, req agentapi.PodRequest) (bool, error) {
+	srv := &agentapi.Server{Handle: func(_ context.Context, op agentapi.Op, req agentapi.PodRequest) (bool, error) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		a.calls = append(a.calls, path)
+		a.calls = append(a.calls, op)
 		a.reqs = append(a.reqs, req)
 		return a.answer == nil, a.answer
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	}}
+	ctx, stop := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Serve(ctx, ln)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-served
+	})
 	return a
 }
 
-func (a *fakeAgent) Calls() []string {
+func (a *fakeAgent) Calls() []agentapi.Op {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.calls)
@@ -182,7 +189,7 @@ func TestDelAndCheck(t *testing.T) {
 	if err := p.Check(cmdArgs(config("1.0.0", a.socket, true), podArgs)); err == nil || !strings.Contains(err.Error(), "should be enrolled") {
 		t.Errorf("Check = %v; want the agent's error", err)
 	}
-	if got, want := a.Calls(), []string{agentapi.PathDel, agentapi.PathCheck, agentapi.PathCheck}; !slices.Equal(got, want) {
+	if got, want := a.Calls(), []agentapi.Op{agentapi.OpDel, agentapi.OpCheck, agentapi.OpCheck}; !slices.Equal(got, want) {
 		t.Errorf("agent calls = %q, want %q", got, want)
 	}
 }
