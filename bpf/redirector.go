@@ -45,9 +45,9 @@ var sharedMaps = []string{"local_addrs", "zt_listeners", "recycle"}
 
 // Redirector installs and removes the eBPF redirection in pod network namespaces. It holds no
 // state of its own: everything lives in the namespaces and under Options.PinDir, so a new
-// Redirector (after an agent restart) picks up what an old one installed. (It keeps one set
-// of programs loaded ahead, attached nowhere.) Safe for concurrent use on different network
-// namespaces.
+// Redirector (after an agent restart) picks up what an old one installed. (From New on it
+// keeps one set of programs loaded ahead, attached nowhere.) Safe for concurrent use on
+// different network namespaces.
 type Redirector struct {
 	pinDir string
 	specs  map[string]*ebpf.CollectionSpec // by program name
@@ -60,8 +60,9 @@ type Redirector struct {
 	refilling *atomic.Bool
 }
 
-// New checks that the kernel supports the redirection and prepares the programs. Its errors
-// wrap ErrNotSupported when the kernel or the machine lacks something needed.
+// New checks that the kernel supports the redirection and prepares the programs; the first
+// pod's set starts loading in the background. Its errors wrap ErrNotSupported when the
+// kernel or the machine lacks something needed.
 func New(opts Options) (*Redirector, error) {
 	if err := probe(); err != nil {
 		return nil, err
@@ -89,6 +90,9 @@ func New(opts Options) (*Redirector, error) {
 			return nil, err
 		}
 	}
+	// Else the first Attach (the first pod after an agent restart) would load its own:
+	// one of the slowest ADDs of the node.
+	r.refill()
 	return r, nil
 }
 

@@ -109,6 +109,8 @@ func TestRedirection(t *testing.T) {
 	r := newRedirector(t)
 
 	runChecks(t, tp, direct)
+	// The set New loads ahead is the Redirector's own, like the one Attach loads after it.
+	dropSpare(r)
 	fds := openFds(t)
 	if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
 		t.Fatalf("Attach: %v", err)
@@ -431,43 +433,50 @@ func dropSpare(r *Redirector) {
 	}
 }
 
-// TestSpareSet: after an Attach loads a pod's programs, the next set is loaded in the
-// background, and the next pod's Attach uses it.
+// TestSpareSet: New loads the first pod's programs in the background, and each Attach, once
+// done, the next pod's; every pod's Attach uses the set loaded ahead for it.
 func TestSpareSet(t *testing.T) {
 	ctx := context.Background()
 	r := newRedirector(t)
-	first, second := newTopo(t), newTopo(t)
-	if err := r.Attach(ctx, first.podPath, []netip.Addr{podIP}); err != nil {
-		t.Fatalf("Attach: %v", err)
+	pods := []*topo{newTopo(t), newTopo(t)}
+	for i, tp := range pods {
+		id := spareOutboundID(t, r)
+		if err := r.Attach(ctx, tp.podPath, []netip.Addr{podIP}); err != nil {
+			t.Fatalf("Attach of pod %d: %v", i, err)
+		}
+		got, err := r.Installed(ctx, tp.podPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("tc ingress lo: program %s id %d", progOutbound, id)
+		if !slices.Contains(got, want) {
+			t.Errorf("pod %d's install:\n%s\nwant the spare set's outbound program: %q", i, strings.Join(got, "\n"), want)
+		}
 	}
+	for _, tp := range pods {
+		if err := r.Detach(ctx, tp.podPath); err != nil {
+			t.Errorf("Detach: %v", err)
+		}
+	}
+	dropSpare(r)
+}
+
+// spareOutboundID waits until r has a spare set and returns its outbound program's id.
+func spareOutboundID(t *testing.T, r *Redirector) ebpf.ProgramID {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for len(r.spare) == 0 {
 		if time.Now().After(deadline) {
-			t.Fatal("no spare set loaded 10 s after the first Attach")
+			t.Fatal("no spare set loaded within 10 s")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
 	s := <-r.spare
+	defer func() { r.spare <- s }()
 	info, err := s.out.Info()
 	if err != nil {
 		t.Fatal(err)
 	}
 	id, _ := info.ID()
-	r.spare <- s
-	if err := r.Attach(ctx, second.podPath, []netip.Addr{podIP}); err != nil {
-		t.Fatalf("second Attach: %v", err)
-	}
-	got, err := r.Installed(ctx, second.podPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := fmt.Sprintf("tc ingress lo: program %s id %d", progOutbound, id)
-	if !slices.Contains(got, want) {
-		t.Errorf("second pod's install:\n%s\nwant the spare set's outbound program: %q", strings.Join(got, "\n"), want)
-	}
-	for _, tp := range []*topo{first, second} {
-		if err := r.Detach(ctx, tp.podPath); err != nil {
-			t.Errorf("Detach: %v", err)
-		}
-	}
+	return id
 }
