@@ -18,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/after"
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
@@ -156,8 +157,9 @@ func (r *Redirector) Attach(ctx context.Context, netnsPath string, podIPs []neti
 		return r.attach(nh, podIPs)
 	})
 	// Only now, with this pod's programs in place: loading the next set while attaching
-	// doubled Attach's time on two cores (BenchmarkEnroll: 3.1 ms, 1.7 ms without).
-	r.refill()
+	// doubled Attach's time on two cores (BenchmarkEnroll: 3.1 ms, 1.7 ms without). During
+	// a CNI ADD, only once the agent has answered.
+	after.Reply(ctx, r.refill)
 	if err != nil {
 		return fmt.Errorf("attaching redirection in %s: %w", netnsPath, err)
 	}

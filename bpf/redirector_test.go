@@ -18,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ambit-mesh/ambit/internal/after"
 )
 
 func newRedirector(t testing.TB) *Redirector {
@@ -479,4 +481,25 @@ func spareOutboundID(t *testing.T, r *Redirector) ebpf.ProgramID {
 	}
 	id, _ := info.ID()
 	return id
+}
+
+// TestSpareSetAfterReply: under a request's context (a CNI ADD in the agent), Attach leaves
+// loading the next set until the request's answer has been sent.
+func TestSpareSetAfterReply(t *testing.T) {
+	r := newRedirector(t)
+	tp := newTopo(t)
+	spareOutboundID(t, r) // New's set, which this Attach takes
+	q := &after.Queue{}
+	if err := r.Attach(after.With(context.Background(), q), tp.podPath, []netip.Addr{podIP}); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	if len(r.spare) > 0 || r.refilling.Load() {
+		t.Error("the next set was loading or loaded before the answer was sent")
+	}
+	q.Run()
+	spareOutboundID(t, r)
+	if err := r.Detach(context.Background(), tp.podPath); err != nil {
+		t.Errorf("Detach: %v", err)
+	}
+	dropSpare(r)
 }

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/cni/agentapi"
+	"github.com/ambit-mesh/ambit/internal/after"
 	"github.com/ambit-mesh/ambit/internal/zds"
 )
 
@@ -58,7 +59,7 @@ func (a *Agent) serveCNI(ctx context.Context, op agentapi.Op, req agentapi.PodRe
 		began := time.Now()
 		steps, enrolled, err := a.cniAdd(ctx, req)
 		took := time.Since(began)
-		agentapi.AfterReply(ctx, func() {
+		after.Reply(ctx, func() {
 			if err != nil {
 				a.log.Warn("CNI ADD failed", "pod", key, "err", err)
 			} else if enrolled {
@@ -142,7 +143,7 @@ func (a *Agent) cniAdd(ctx context.Context, req agentapi.PodRequest) (enrollStep
 	// patch, and an agent that restarts before it lands enrols the unannotated pod again as a
 	// running pod and annotates it.
 	key := req.PodNamespace + "/" + req.PodName
-	agentapi.AfterReply(ctx, func() { a.queue.Add(key) })
+	after.Reply(ctx, func() { a.queue.Add(key) })
 	return steps, true, nil
 }
 

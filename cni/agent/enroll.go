@@ -21,8 +21,8 @@ import (
 	"istio.io/api/annotation"
 
 	zdspb "github.com/ambit-mesh/ambit/api/zds"
-	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
+	"github.com/ambit-mesh/ambit/internal/after"
 	"github.com/ambit-mesh/ambit/internal/zds"
 )
 
@@ -265,7 +265,7 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 	}
 	a.members[uid] = &member{key: key, pod: rp, info: info, nsFile: f}
 	// During a CNI ADD after its answer; for a running pod (no CNI call) at once.
-	agentapi.AfterReply(ctx, a.markProbeDirty)
+	after.Reply(ctx, a.markProbeDirty)
 	return steps, nil
 }
 
@@ -330,7 +330,7 @@ func (a *Agent) unenrollLocked(ctx context.Context, uid string) error {
 
 // markProbeDirty asks syncProbes to rewrite the node's probe rule for the current members,
 // which it reads when it runs; call it after changing them. A burst of changes is one
-// rewrite. For a new sandbox it is called after the CNI reply (AfterReply), not inside it:
+// rewrite. For a new sandbox it is called after the CNI reply (after.Reply), not inside it:
 // the rewrite of one table in the node's netns takes 3 ms p50 but up to 200 ms when the node
 // is busy, and kubelet probes only start once the pod's containers run.
 func (a *Agent) markProbeDirty() {

@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/after"
 )
 
 // DefaultSocket is where the agent serves this API on the node.
@@ -152,9 +154,9 @@ func readMessage(r *bufio.Reader) ([]byte, error) {
 
 // Server answers the plugin's calls.
 type Server struct {
-	// Handle answers one request: its error becomes the Response's Error. What it registers
-	// with AfterReply runs once the answer has been sent. Its ctx ends when the plugin goes
-	// away or the Server stops.
+	// Handle answers one request: its error becomes the Response's Error. What it (or
+	// anything it calls) leaves with after.Reply runs once the answer has been sent. Its ctx
+	// ends when the plugin goes away or the Server stops.
 	Handle func(ctx context.Context, op Op, req PodRequest) (enrolled bool, err error)
 	// ConnContext, if not nil, derives a call's context from its connection.
 	ConnContext func(ctx context.Context, c net.Conn) context.Context
@@ -250,16 +252,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		<-watched
 	}()
 
-	after := &afterReply{}
-	enrolled, err := s.Handle(context.WithValue(ctx, afterKey{}, after), req.Op, req.PodRequest)
+	q := &after.Queue{}
+	enrolled, err := s.Handle(after.With(ctx, q), req.Op, req.PodRequest)
 	r := Response{Enrolled: enrolled}
 	if err != nil {
 		r.Error = err.Error()
 	}
 	reply(c, r)
-	for _, f := range after.fns {
-		f()
-	}
+	q.Run()
 }
 
 // reply sends the answer in one write, so the plugin has all of it and can return while
@@ -278,22 +278,4 @@ func replyHTTP(c net.Conn) {
 	c.SetWriteDeadline(time.Now().Add(writeTimeout))
 	c.Write(append([]byte("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: "+
 		strconv.Itoa(len(b))+"\r\n\r\n"), b...))
-}
-
-type afterKey struct{}
-
-// afterReply holds the work a request left for after its answer; only the call's goroutine
-// touches it.
-type afterReply struct{ fns []func() }
-
-// AfterReply runs f once the answer to the request of ctx (a Server call) has been sent,
-// or at once outside one. The plugin, and the pod sandbox the container runtime is creating
-// behind it, do not wait for f: it is for work the answer does not depend on, which would
-// otherwise compete with it for the node's CPU.
-func AfterReply(ctx context.Context, f func()) {
-	if a, ok := ctx.Value(afterKey{}).(*afterReply); ok {
-		a.fns = append(a.fns, f)
-		return
-	}
-	f()
 }

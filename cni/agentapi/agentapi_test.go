@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/after"
 )
 
 // serve runs s on a fresh socket until the test ends and returns the socket's path.
@@ -46,7 +48,7 @@ func testContext(t *testing.T) context.Context {
 func TestAfterReplyRunsAfterTheAnswer(t *testing.T) {
 	release, ran := make(chan struct{}), make(chan string, 2)
 	sock := serve(t, &Server{Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
-		AfterReply(ctx, func() {
+		after.Reply(ctx, func() {
 			<-release
 			ran <- req.PodName
 		})
@@ -73,15 +75,6 @@ func TestAfterReplyRunsAfterTheAnswer(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("the after-reply work never ran")
-	}
-}
-
-// Outside a Server call there is no reply to wait for: f runs at once.
-func TestAfterReplyOutsideAHandlerRunsAtOnce(t *testing.T) {
-	ran := false
-	AfterReply(context.Background(), func() { ran = true })
-	if !ran {
-		t.Error("AfterReply outside a Handler call did not run f")
 	}
 }
 
