@@ -155,12 +155,20 @@ func readMessage(r *bufio.Reader) ([]byte, error) {
 // Server answers the plugin's calls.
 type Server struct {
 	// Handle answers one request: its error becomes the Response's Error. What it (or
-	// anything it calls) leaves with after.Reply runs once the answer has been sent. Its ctx
-	// ends when the plugin goes away or the Server stops.
+	// anything it calls) leaves with after.Reply runs once the answer has been sent and the
+	// plugin has hung up (see HangupWait). Its ctx ends when the plugin goes away or the
+	// Server stops.
 	Handle func(ctx context.Context, op Op, req PodRequest) (enrolled bool, err error)
 	// ConnContext, if not nil, derives a call's context from its connection.
 	ConnContext func(ctx context.Context, c net.Conn) context.Context
+	// HangupWait bounds how long the work left with after.Reply waits for the plugin to hang
+	// up once it has its answer; 0 means DefaultHangupWait.
+	HangupWait time.Duration
 }
+
+// DefaultHangupWait is the Server's HangupWait when it sets none. The plugin hangs up as soon
+// as it has read its answer; the bound only matters for a plugin that does not.
+const DefaultHangupWait = 100 * time.Millisecond
 
 // Timeouts of the Server: reading a request (the plugin writes it at once), writing an
 // answer, and letting calls in flight finish once Serve's ctx has ended.
@@ -259,6 +267,20 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		r.Error = err.Error()
 	}
 	reply(c, r)
+	// The work left for after the answer waits until the plugin hangs up, that is until it has
+	// its answer and is exiting: the pod sandbox waits for the plugin's exit, and on a busy
+	// node that work (the annotation's PATCH, the probe rule, the next eBPF programs) would take
+	// the CPU the plugin needs to get there.
+	wait := s.HangupWait
+	if wait <= 0 {
+		wait = DefaultHangupWait
+	}
+	hangup := time.NewTimer(wait)
+	select {
+	case <-watched:
+	case <-hangup.C:
+	}
+	hangup.Stop()
 	q.Run()
 }
 

@@ -78,6 +78,54 @@ func TestAfterReplyRunsAfterTheAnswer(t *testing.T) {
 	}
 }
 
+// The work left for after the reply waits until the plugin hangs up, and runs anyway once
+// HangupWait has passed if it never does.
+func TestAfterReplyWaitsForHangup(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		wait   time.Duration
+		hangUp bool
+	}{
+		{"plugin hangs up", time.Minute, true},
+		{"plugin keeps the connection", 20 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := make(chan struct{}, 1)
+			sock := serve(t, &Server{HangupWait: tc.wait, Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
+				after.Reply(ctx, func() { ran <- struct{}{} })
+				return true, nil
+			}})
+			ctx := testContext(t)
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write([]byte(`{"op":"add","podNamespace":"demo","podName":"web"}` + "\n")); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			if err != nil || !strings.Contains(line, `"enrolled":true`) {
+				t.Fatalf("answer %q, %v; want enrolled", line, err)
+			}
+			if tc.hangUp {
+				select {
+				case <-ran:
+					t.Fatal("the after-reply work ran while the plugin still held the connection")
+				case <-time.After(200 * time.Millisecond):
+				}
+				conn.Close()
+			}
+			select {
+			case <-ran:
+			case <-ctx.Done():
+				t.Fatal("the after-reply work never ran")
+			}
+		})
+	}
+}
+
 // The request reaches the handler whole, and each answer reaches the client.
 func TestCall(t *testing.T) {
 	var got []string
