@@ -32,6 +32,7 @@ type addResult struct {
 	chain            []time.Duration // per sandbox: the sum of its plugins' ADD calls
 	plugin           []time.Duration // per sandbox: ambit-cni's ADD call
 	failed           int             // sandboxes with a failed ADD (the kubelet retried them)
+	failures         []string        // what the kubelet's events said of them, once each
 	// steps are the agent's own timings of each enrolment (its "enrolled new pod" log line),
 	// by step: took (the whole ADD request in the agent), lock_wait, ztunnel_ack, redirect.
 	steps map[string][]time.Duration
@@ -144,6 +145,11 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 			}
 			r.chain = append(r.chain, s.total)
 			r.plugin = append(r.plugin, s.plugin)
+		}
+		if r.failed > 0 {
+			if r.failures, err = sandboxFailures(ctx, nss[variant]); err != nil {
+				return nil, err
+			}
 		}
 		if len(r.chain) < l.pods {
 			return nil, fmt.Errorf("%s, %s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, l.name, variant, len(r.chain), l.pods)
@@ -259,4 +265,21 @@ func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration,
 		}
 	}
 	return steps, nil
+}
+
+// sandboxFailures is what the kubelet reported of the failed sandboxes of ns (its
+// FailedCreatePodSandBox events carry the CNI plugin's error), each message once.
+func sandboxFailures(ctx context.Context, ns string) ([]string, error) {
+	events, err := c.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedCreatePodSandBox"})
+	if err != nil {
+		return nil, fmt.Errorf("listing the failed sandboxes' events in %s: %w", ns, err)
+	}
+	var out []string
+	for _, e := range events.Items {
+		msg := e.InvolvedObject.Name + ": " + e.Message
+		if !slices.Contains(out, msg) {
+			out = append(out, msg)
+		}
+	}
+	return out, nil
 }

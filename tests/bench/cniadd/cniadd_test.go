@@ -190,6 +190,9 @@ func report(b *testing.B, adds []addResult, conns []connResult) {
 		chain, plugin := sortDurations(a.chain), sortDurations(a.plugin)
 		fmt.Fprintf(&t, "| %s | %s | %s | %d | %s | %s | %s | %s | %d |\n", a.backend, a.load.name, a.variant, len(a.chain),
 			ms(percentile(chain, 0.5)), ms(percentile(chain, 0.99)), ms(percentile(plugin, 0.5)), ms(percentile(plugin, 0.99)), a.failed)
+		for _, f := range a.failures {
+			b.Logf("%s, %s, %s: failed ADD: %s", a.backend, a.load.name, a.variant, f)
+		}
 		if a.variant == variantEnrolled {
 			prefix := a.backend + "-"
 			if a.load.workers == 1 {
