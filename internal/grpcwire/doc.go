@@ -1,0 +1,10 @@
+// Package grpcwire is a small gRPC client: unary and bidirectional-streaming calls over one
+// HTTP/2 connection (TLS with ALPN h2, or h2c with prior knowledge), messages framed with
+// gRPC's 5-byte prefix and never compressed, status read from the grpc-status and grpc-message
+// trailers. It speaks the wire protocol and nothing more: no name resolution, load balancing,
+// retries, interceptors, compression or protobuf codec. Messages are bytes; callers marshal
+// them. It exists so that ztunnel can call istiod-lite without linking grpc-go (about 1 MB of
+// ztunnel's binary, and ztunnel's resident memory is mostly its binary: issue #4).
+//
+// The name says what it is: gRPC's wire format, not a gRPC framework.
+package grpcwire

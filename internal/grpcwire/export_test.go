@@ -1,0 +1,4 @@
+package grpcwire
+
+// Timeout exposes timeout to the external tests.
+var Timeout = timeout
