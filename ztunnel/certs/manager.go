@@ -19,11 +19,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	pb "github.com/ambit-mesh/ambit/api/ca"
+	"github.com/ambit-mesh/ambit/internal/grpcwire"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
@@ -61,8 +59,6 @@ type Config struct {
 	// MaxInFlight bounds concurrent fetches (default 8).
 	MaxInFlight int
 
-	// DialOptions are added to the gRPC dial.
-	DialOptions []grpc.DialOption
 	// Logger reports fetch failures and refreshes; nil: none.
 	Logger *slog.Logger
 }
@@ -86,21 +82,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-func (c Config) transport() (grpc.DialOption, error) {
-	t, err := istiod.Transport(c.Address, c.Plaintext, c.RootCAFile, c.ServerName)
-	if err != nil {
-		return nil, fmt.Errorf("certificate manager config: %w", err)
-	}
-	return t, nil
-}
-
 // Manager fetches and refreshes workload certificates. Create it with New, run it with Run.
 type Manager struct {
-	cfg    Config
-	conn   *grpc.ClientConn
-	client pb.IstioCertificateServiceClient
-	sem    chan struct{} // one token per fetch in flight
-	roots  atomic.Pointer[x509.CertPool]
+	cfg   Config
+	conn  *grpcwire.Conn
+	sem   chan struct{} // one token per fetch in flight
+	roots atomic.Pointer[x509.CertPool]
 
 	// mu guards the fields below.
 	mu      sync.Mutex
@@ -132,15 +119,11 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Address == "" {
 		return nil, errors.New("creating certificate manager: no Address; set the CA's host:port, e.g. istiod.istio-system.svc:15012")
 	}
-	creds, err := cfg.transport()
+	conn, err := istiod.Dial(cfg.Address, cfg.Plaintext, cfg.RootCAFile, cfg.ServerName)
 	if err != nil {
-		return nil, fmt.Errorf("creating certificate manager: %w", err)
+		return nil, fmt.Errorf("creating certificate manager: certificate manager config: %w", err)
 	}
-	conn, err := grpc.NewClient(cfg.Address, append([]grpc.DialOption{creds}, cfg.DialOptions...)...)
-	if err != nil {
-		return nil, fmt.Errorf("creating certificate manager: dialing %s: %w", cfg.Address, err)
-	}
-	m := &Manager{cfg: cfg, conn: conn, client: pb.NewIstioCertificateServiceClient(conn),
+	m := &Manager{cfg: cfg, conn: conn,
 		sem: make(chan struct{}, cfg.MaxInFlight), entries: map[identity.Identity]*entry{}}
 	m.roots.Store(x509.NewCertPool())
 	return m, nil
@@ -385,24 +368,28 @@ func (m *Manager) fetch(ctx context.Context, id identity.Identity) (*tls.Certifi
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating CSR for %s: %w", id, err)
 	}
-	req := &pb.IstioCertificateRequest{
-		Csr:              string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})),
-		ValidityDuration: int64(m.cfg.TTL / time.Second),
-	}
-	if req.ValidityDuration < 1 {
-		req.ValidityDuration = 1
-	}
+	validity := max(int64(m.cfg.TTL/time.Second), 1)
+	var md *structpb.Struct
 	if id != m.cfg.Own {
-		req.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{ImpersonatedIdentityKey: structpb.NewStringValue(id.String())}}
+		md = &structpb.Struct{Fields: map[string]*structpb.Value{ImpersonatedIdentityKey: structpb.NewStringValue(id.String())}}
 	}
-	if token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	resp, err := m.client.CreateCertificate(ctx, req)
+	req, err := marshalRequest(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), validity, md)
 	if err != nil {
 		return nil, nil, fmt.Errorf("requesting certificate for %s: %w", id, err)
 	}
-	return certificate(id, key, resp.GetCertChain())
+	var callMD grpcwire.Metadata
+	if token != "" {
+		callMD = grpcwire.Metadata{"authorization": "Bearer " + token}
+	}
+	resp, err := m.conn.Invoke(ctx, createCertificateMethod, callMD, req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("requesting certificate for %s: %w", id, err)
+	}
+	chain, err := unmarshalResponse(resp)
+	if err != nil {
+		return nil, nil, fmt.Errorf("requesting certificate for %s: %w", id, err)
+	}
+	return certificate(id, key, chain)
 }
 
 // certificate checks a response chain (leaf first, root last) against the key and the

@@ -1,5 +1,6 @@
 // Package istiod holds what ztunnel's two clients of istiod-lite (xDS and the CA) share: the
-// gRPC transport to it and the service-account token they present.
+// connection to it (gRPC over internal/grpcwire, not grpc-go: issue #4) and the
+// service-account token they present.
 package istiod
 
 import (
@@ -11,17 +12,31 @@ import (
 	"os"
 	"strings"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
+	"github.com/ambit-mesh/ambit/internal/grpcwire"
 )
 
-// Transport returns the gRPC transport to istiod-lite at address: plaintext (its 15010 port,
-// local use), or TLS verified against the PEM roots in rootCAFile for serverName (default:
-// address's host).
-func Transport(address string, plaintext bool, rootCAFile, serverName string) (grpc.DialOption, error) {
+// UserAgent is the user-agent of ztunnel's calls to istiod-lite.
+const UserAgent = "ambit-ztunnel"
+
+// Dial returns a gRPC connection to istiod-lite at address (it connects on the first call):
+// plaintext HTTP/2 (its 15010 port, local use), or TLS with ALPN h2 verified against the PEM
+// roots in rootCAFile for serverName (default: address's host).
+func Dial(address string, plaintext bool, rootCAFile, serverName string) (*grpcwire.Conn, error) {
+	tlsConf, err := tlsConfig(address, plaintext, rootCAFile, serverName)
+	if err != nil {
+		return nil, err
+	}
+	c, err := grpcwire.New(address, grpcwire.Options{TLS: tlsConf, UserAgent: UserAgent})
+	if err != nil {
+		return nil, fmt.Errorf("dialing %s: %w", address, err)
+	}
+	return c, nil
+}
+
+// tlsConfig is nil for plaintext.
+func tlsConfig(address string, plaintext bool, rootCAFile, serverName string) (*tls.Config, error) {
 	if plaintext {
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+		return nil, nil
 	}
 	if rootCAFile == "" {
 		return nil, errors.New("no RootCAFile: set the roots that verify istiod-lite, or Plaintext for port 15010")
@@ -39,7 +54,7 @@ func Transport(address string, plaintext bool, rootCAFile, serverName string) (g
 			serverName = host
 		}
 	}
-	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12})), nil
+	return &tls.Config{RootCAs: pool, ServerName: serverName, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Token reads the bearer token in path, "" when path is "". It is read on every use, so a

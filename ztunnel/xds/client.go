@@ -11,16 +11,13 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/grpcwire"
 )
 
 // Resource is one decoded resource of a response.
@@ -85,13 +82,29 @@ type lookup struct {
 
 type stream struct {
 	mu sync.Mutex // serializes Send
-	s  discovery.DeltaADSStream
+	s  *grpcwire.Stream
 }
 
 func (s *stream) send(r *discovery.DeltaDiscoveryRequest) error {
+	b, err := proto.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("encoding xds request: %w", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.s.Send(r)
+	return s.s.Send(b)
+}
+
+func (s *stream) recv() (*discovery.DeltaDiscoveryResponse, error) {
+	b, err := s.s.Recv()
+	if err != nil {
+		return nil, err
+	}
+	resp := &discovery.DeltaDiscoveryResponse{}
+	if err := proto.Unmarshal(b, resp); err != nil {
+		return nil, fmt.Errorf("decoding xds response: %w", err)
+	}
+	return resp, nil
 }
 
 // New returns a Client that hands updates to sink.
@@ -140,13 +153,9 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.mu.Unlock()
 	}()
-	creds, err := c.cfg.transport()
+	conn, err := c.cfg.dial()
 	if err != nil {
 		return err
-	}
-	conn, err := grpc.NewClient(c.cfg.Address, append([]grpc.DialOption{creds}, c.cfg.DialOptions...)...)
-	if err != nil {
-		return fmt.Errorf("dialing xds %s: %w", c.cfg.Address, err)
 	}
 	defer conn.Close()
 	backoff := c.cfg.InitialBackoff
@@ -173,17 +182,18 @@ func (c *Client) Run(ctx context.Context) error {
 }
 
 // serve runs one stream until it fails. healthy reports that it got at least one response.
-func (c *Client) serve(ctx context.Context, conn *grpc.ClientConn) (healthy bool, err error) {
+func (c *Client) serve(ctx context.Context, conn *grpcwire.Conn) (healthy bool, err error) {
 	token, err := c.cfg.token()
 	if err != nil {
 		return false, err
 	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var md grpcwire.Metadata
 	if token != "" {
-		sctx = metadata.AppendToOutgoingContext(sctx, "authorization", "Bearer "+token)
+		md = grpcwire.Metadata{"authorization": "Bearer " + token}
 	}
-	s, err := discovery.OpenDeltaADS(sctx, conn)
+	s, err := conn.NewStream(sctx, discovery.DeltaAggregatedResourcesMethod, md)
 	if err != nil {
 		return false, fmt.Errorf("opening xds stream: %w", err)
 	}
@@ -200,11 +210,11 @@ func (c *Client) serve(ctx context.Context, conn *grpc.ClientConn) (healthy bool
 	}()
 	c.cfg.Logger.Info("xds stream open", "address", c.cfg.Address, "node", c.cfg.NodeName)
 	for {
-		resp, err := s.Recv()
+		resp, err := st.recv()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("server closed the stream")
-			} else if status.Code(err) == codes.Canceled && ctx.Err() != nil {
+			} else if ctx.Err() != nil {
 				err = ctx.Err()
 			}
 			return healthy, fmt.Errorf("receiving from xds: %w", err)
@@ -290,7 +300,7 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	if len(problems) > 0 {
 		msg := fmt.Sprintf("refused %d resource(s) of %s: %s", len(problems), typeURL, joinLimited(problems))
 		c.cfg.Logger.Warn("xds response refused", "type", typeURL, "nonce", resp.GetNonce(), "error", msg)
-		ack.ErrorDetail = &discovery.Status{Code: int32(codes.InvalidArgument), Message: msg}
+		ack.ErrorDetail = &discovery.Status{Code: int32(grpcwire.InvalidArgument), Message: msg}
 	}
 	return ack
 }

@@ -5,10 +5,10 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ambit-mesh/ambit/api/discovery"
+	"github.com/ambit-mesh/ambit/internal/grpcwire"
 	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
 
@@ -47,8 +47,6 @@ type Config struct {
 	InitialBackoff time.Duration
 	MaxBackoff     time.Duration
 
-	// DialOptions are added to the gRPC dial (tests, keepalives).
-	DialOptions []grpc.DialOption
 	// Logger reports connects, disconnects and refused resources; nil: none.
 	Logger *slog.Logger
 }
@@ -88,12 +86,12 @@ func (c Config) node() *discovery.Node {
 	return &discovery.Node{Id: c.NodeID(), Metadata: &structpb.Struct{Fields: fields}}
 }
 
-func (c Config) transport() (grpc.DialOption, error) {
-	t, err := istiod.Transport(c.Address, c.Plaintext, c.RootCAFile, c.ServerName)
+func (c Config) dial() (*grpcwire.Conn, error) {
+	conn, err := istiod.Dial(c.Address, c.Plaintext, c.RootCAFile, c.ServerName)
 	if err != nil {
 		return nil, fmt.Errorf("xds config: %w", err)
 	}
-	return t, nil
+	return conn, nil
 }
 
 // token reads the bearer token, "" when none is configured.
