@@ -461,7 +461,7 @@ func TestCertificateService(t *testing.T) {
 	}
 }
 
-// TestDeltaADSMethod checks the path discovery.OpenDeltaADS calls: Envoy's method, whatever
+// TestDeltaADSMethod checks the path ztunnel's xDS client calls: Envoy's method, whatever
 // discovery.proto's own package is.
 func TestDeltaADSMethod(t *testing.T) {
 	if got, want := discovery.DeltaAggregatedResourcesMethod,

@@ -303,9 +303,9 @@ func (adsServer) DeltaAggregatedResources(s grpc.BidiStreamingServer[envoy.Delta
 	})
 }
 
-// TestOpenDeltaADS runs one exchange with Envoy's generated server over loopback gRPC: the
+// TestDeltaADSExchange runs one exchange with Envoy's generated server over loopback gRPC: the
 // method path and both message types meet.
-func TestOpenDeltaADS(t *testing.T) {
+func TestDeltaADSExchange(t *testing.T) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -322,10 +322,11 @@ func TestOpenDeltaADS(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := discovery.OpenDeltaADS(ctx, conn)
+	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, discovery.DeltaAggregatedResourcesMethod)
 	if err != nil {
-		t.Fatalf("OpenDeltaADS: %v", err)
+		t.Fatalf("opening the stream: %v", err)
 	}
+	s := &grpc.GenericClientStream[discovery.DeltaDiscoveryRequest, discovery.DeltaDiscoveryResponse]{ClientStream: cs}
 	if err := s.Send(&discovery.DeltaDiscoveryRequest{Node: &discovery.Node{Id: "ztunnel~1"}, TypeUrl: addressType}); err != nil {
 		t.Fatalf("Send: %v", err)
 	}
