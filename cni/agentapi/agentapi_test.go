@@ -17,17 +17,25 @@ import (
 	"github.com/ambit-mesh/ambit/internal/after"
 )
 
-// serve runs s on a fresh socket until the test ends and returns the socket's path.
-func serve(t testing.TB, s *Server) string {
+// start runs s on a fresh socket and returns the socket's path, what ends Serve's context,
+// and where Serve's result arrives.
+func start(t testing.TB, s *Server) (sock string, stop context.CancelFunc, served <-chan error) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "agent.sock")
+	sock = filepath.Join(t.TempDir(), "agent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln) }()
+	result := make(chan error, 1)
+	go func() { result <- s.Serve(ctx, ln) }()
+	return sock, stop, result
+}
+
+// serve runs s on a fresh socket until the test ends and returns the socket's path.
+func serve(t testing.TB, s *Server) string {
+	t.Helper()
+	sock, stop, served := start(t, s)
 	t.Cleanup(func() {
 		stop()
 		if err := <-served; err != nil {
@@ -236,14 +244,7 @@ func TestServeDrains(t *testing.T) {
 		<-release
 		return true, nil
 	}}
-	sock := filepath.Join(t.TempDir(), "agent.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, ln) }()
+	sock, stop, served := start(t, s)
 	answered := make(chan error, 1)
 	go func() {
 		_, err := NewClient(sock, 10*time.Second).Call(context.Background(), OpAdd, PodRequest{PodNamespace: "demo", PodName: "web"})
