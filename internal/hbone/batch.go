@@ -3,6 +3,8 @@ package hbone
 import (
 	"net"
 	"sync"
+
+	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
 
 // batchMax bounds what a batch holds before it is written out early, so a
@@ -64,4 +66,15 @@ func (b *batchConn) writeLocked() error {
 	_, err := b.Conn.Write(b.buf)
 	b.buf = b.buf[:0]
 	return err
+}
+
+// fastConn is nc with tcpio's reads and writes when it is a TCP connection: the HBONE
+// connection's reads and writes are its hot path.
+func fastConn(nc net.Conn) net.Conn {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if c, err := tcpio.New(tc); err == nil {
+			return c
+		}
+	}
+	return nc
 }

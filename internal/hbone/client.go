@@ -191,7 +191,7 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	bc := &batchConn{Conn: nc}
+	bc := &batchConn{Conn: fastConn(nc)}
 	tc := tls.Client(bc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()

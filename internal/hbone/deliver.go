@@ -1,15 +1,13 @@
 package hbone
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
 
 // Direct delivery: a stream being copied into a TCP socket (CopyTo) lets the read loop write
@@ -29,15 +27,15 @@ func (s *Stream) WriteTo(w io.Writer) (int64, error) { return s.CopyTo(w, nil) }
 
 // CopyTo copies the stream's data into dst until the peer half-closes the stream (it then
 // returns a nil error) or the stream or dst fails, and calls count (if not nil) with every
-// amount written. When dst is a *net.TCPConn the connection's read loop writes into it
-// directly whenever the socket takes the data at once. At most one CopyTo or Read may run
+// amount written. When dst is a *net.TCPConn or a *tcpio.Conn the connection's read loop
+// writes into it directly whenever the socket takes the data at once. At most one CopyTo or Read may run
 // on a stream at a time.
 func (s *Stream) CopyTo(dst io.Writer, count func(int64)) (total int64, err error) {
 	c := s.c
-	var sink *sinkWriter
+	sink, _ := dst.(*tcpio.Conn)
 	if tc, ok := dst.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
-			sink = newSinkWriter(rc)
+		if tcp, err := tcpio.New(tc); err == nil {
+			sink, dst = tcp, tcp
 		}
 	}
 	// The buffer is taken only while there is buffered data to write: a stream whose data
@@ -124,7 +122,7 @@ func (c *conn) deliverLocked(s *Stream, payload, pad, length uint32, end bool) e
 			break
 		}
 		if !blocked && werr == nil {
-			n, err := sink.write(b)
+			n, err := sink.WriteSome(b)
 			written += n
 			b = b[n:]
 			if err != nil {
@@ -177,46 +175,4 @@ func (c *conn) deliverLocked(s *Stream, payload, pad, length uint32, end bool) e
 		count(int64(written))
 	}
 	return rerr
-}
-
-// sinkWriter writes into a socket without blocking. Its do is made once per CopyTo, so that
-// a write allocates nothing.
-type sinkWriter struct {
-	rc  syscall.RawConn
-	b   []byte
-	n   int
-	err error
-	do  func(fd uintptr) bool
-}
-
-func newSinkWriter(rc syscall.RawConn) *sinkWriter {
-	w := &sinkWriter{rc: rc}
-	w.do = func(fd uintptr) bool {
-		for w.n < len(w.b) {
-			k, err := unix.Write(int(fd), w.b[w.n:])
-			switch {
-			case errors.Is(err, unix.EINTR):
-				continue
-			case errors.Is(err, unix.EAGAIN):
-				return true
-			case err != nil:
-				w.err = os.NewSyscallError("write", err)
-				return true
-			}
-			w.n += k
-		}
-		return true
-	}
-	return w
-}
-
-// write writes as much of b as the socket takes at once.
-func (w *sinkWriter) write(b []byte) (int, error) {
-	w.b, w.n, w.err = b, 0, nil
-	if err := w.rc.Write(w.do); err != nil {
-		w.err = err
-	}
-	n, err := w.n, w.err
-	w.b, w.err = nil, nil
-	return n, err
 }

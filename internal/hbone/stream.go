@@ -12,6 +12,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
+	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
 
 // ErrWriteClosed is returned by Write after CloseWrite.
@@ -48,7 +49,7 @@ type Stream struct {
 	rdl, wdl    deadline
 
 	// Direct delivery (deliver.go), guarded by c.mu:
-	sink      *sinkWriter // CopyTo's TCP socket, which the read loop may write to
+	sink      *tcpio.Conn // CopyTo's TCP socket, which the read loop may write to
 	sinkCount func(int64) // CopyTo's count
 	sinkBusy  bool        // the read loop or CopyTo is writing to the sink
 	sinkN     int64       // bytes the read loop wrote to the sink

@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/ambit-mesh/ambit/internal/hbone"
+	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
 
 // closeWriter is a connection that can half-close: *net.TCPConn and HBONE streams.
@@ -120,6 +121,13 @@ func pipe(dst, src net.Conn, count func(int64)) (int64, error) {
 		// The HBONE read loop writes into dst itself while dst keeps up.
 		n, err = st.CopyTo(dst, count)
 	} else {
+		if srcTCP {
+			// The read side of a TCP-to-HBONE copy is its hot path: tcpio's reads skip the
+			// scheduler's system-call bookkeeping.
+			if t, terr := tcpio.New(src.(*net.TCPConn)); terr == nil {
+				src = t
+			}
+		}
 		n, err = copyAdaptive(dst, src, count)
 	}
 	if err != nil {
