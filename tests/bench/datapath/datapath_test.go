@@ -6,6 +6,7 @@ package datapath
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -134,7 +135,10 @@ type sample struct {
 
 // passes is how many times each variant is measured; figures are the medians. Passes of one
 // variant differ by up to 1.6x on the shared 2-core machine, so 3 were too few to judge a goal.
-const passes = 5
+var passes = flag.Int("datapath.passes", 5, "how many times each variant is measured (figures are the medians)")
+
+// only narrows a run to some variants while tuning; the report's ratios need all three.
+var only = flag.String("datapath.only", "", "comma-separated variant names to measure (e.g. \"Ambit L4\"); empty: all")
 
 func BenchmarkDataPath(b *testing.B) {
 	cluster.Require(b, c)
@@ -156,7 +160,12 @@ func BenchmarkDataPath(b *testing.B) {
 	b.Logf("set up in %v; machine: %d cores, load average %s", time.Since(start).Round(time.Millisecond), runtime.NumCPU(), loadAvg())
 
 	results := map[string][]sample{}
-	for pass := range passes {
+	if *only != "" {
+		variants = slices.DeleteFunc(variants, func(v *variant) bool {
+			return !slices.Contains(strings.Split(*only, ","), v.name)
+		})
+	}
+	for pass := range *passes {
 		// Rotate the order so that no variant always runs first or last.
 		for i := range variants {
 			v := variants[(i+pass)%len(variants)]
@@ -181,17 +190,33 @@ func BenchmarkDataPath(b *testing.B) {
 	report(b, variants, results)
 	b.Logf("machine after the run: load average %s", loadAvg())
 
-	// Where the ztunnels spend their CPU at full load, for whoever tunes them next.
+	// Where the ztunnels spend their CPU at full load and in a single bulk stream, for whoever
+	// tunes them next.
 	dir, err := os.MkdirTemp("", "ambit-datapath-profiles-")
 	if err != nil {
 		b.Fatal(err)
 	}
 	i := slices.IndexFunc(variants, func(v *variant) bool { return v.name == ambit })
-	tops, err := profileZtunnels(ctx, variants[i], dir)
+	if i < 0 {
+		return
+	}
+	amb := variants[i]
+	tops, err := profileZtunnels(ctx, amb, dir, "max-rate", int(runTime/time.Second)-2, func(ctx context.Context) error {
+		_, err := runFortio(ctx, amb.ns, amb.url, 0)
+		return err
+	})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Logf("ztunnel CPU profiles over a max-rate run (kept in %s):\n%s", dir, tops)
+	tops, err = profileZtunnels(ctx, amb, dir, "bulk", int(iperfTime/time.Second)-1, func(ctx context.Context) error {
+		_, err := runIperf(ctx, amb.ns, amb.iperfHost, iperfPort)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("ztunnel CPU profiles over a single-stream run (kept in %s):\n%s", dir, tops)
 }
 
 // Variant names, as the table prints them.

@@ -10,19 +10,18 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
-// profileZtunnels takes a CPU profile of every ztunnel over a max-rate run of v (through
+// profileZtunnels takes a CPU profile of every ztunnel over a run of load against v (through
 // their admin port 15000, which listens on localhost inside the ztunnel pod, so it is reached
-// from the pod's network namespace), writes each to dir and returns the top of each for the
-// log. It runs after the measured passes, so the profiling costs nothing in the figures.
-func profileZtunnels(ctx context.Context, v *variant, dir string) (string, error) {
-	seconds := int(runTime/time.Second) - 2
+// from the pod's network namespace), writes each to dir with name in its file name and returns
+// the top of each for the log. It runs after the measured passes, so the profiling costs
+// nothing in the figures. load must last longer than seconds.
+func profileZtunnels(ctx context.Context, v *variant, dir, name string, seconds int, load func(context.Context) error) (string, error) {
 	type result struct {
 		node, top string
 		err       error
@@ -30,19 +29,20 @@ func profileZtunnels(ctx context.Context, v *variant, dir string) (string, error
 	results := make(chan result, len(v.proxies))
 	for _, zt := range v.proxies {
 		go func() {
-			path := filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+".pprof")
+			base := filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+"-"+name)
+			path := base + ".pprof"
 			err := fetchAdmin(ctx, zt, fmt.Sprintf("/debug/pprof/profile?seconds=%d", seconds), path)
 			var top, mem string
 			if err == nil {
 				top, err = pprofTop(ctx, path)
 			}
 			if err == nil {
-				mem, err = memory(ctx, zt, filepath.Join(dir, "ztunnel-"+zt.Spec.NodeName+".heap"))
+				mem, err = memory(ctx, zt, base+".heap")
 			}
-			results <- result{zt.Spec.NodeName, fmt.Sprintf("ztunnel on %s (%s):\n%s\n%s", zt.Spec.NodeName, path, top, mem), err}
+			results <- result{zt.Spec.NodeName, fmt.Sprintf("ztunnel on %s, %s (%s):\n%s\n%s", zt.Spec.NodeName, name, path, top, mem), err}
 		}()
 	}
-	if _, err := runFortio(ctx, v.ns, v.url, 0); err != nil {
+	if err := load(ctx); err != nil {
 		return "", err
 	}
 	var tops []string

@@ -146,7 +146,7 @@ func report(b *testing.B, variants []*variant, results map[string][]sample) {
 		}
 	}
 	var t strings.Builder
-	fmt.Fprintf(&t, "data path, medians of %d passes (fortio %d connections, %d B each way, %d qps for latency and CPU; iperf3 one stream)\n", passes, connections, payloadSize, fixedQPS)
+	fmt.Fprintf(&t, "data path, medians of %d passes (fortio %d connections, %d B each way, %d qps for latency and CPU; iperf3 one stream)\n", *passes, connections, payloadSize, fixedQPS)
 	fmt.Fprintf(&t, "%-16s", "")
 	for _, col := range columns {
 		fmt.Fprintf(&t, "%14s", col.head)
@@ -163,6 +163,11 @@ func report(b *testing.B, variants []*variant, results map[string][]sample) {
 			b.ReportMetric(med[v.name][i], metricName(v.name)+"-"+col.unit)
 		}
 		t.WriteString("\n")
+	}
+	if len(med[ambit]) == 0 || len(med[nginx]) == 0 || len(med[noMesh]) == 0 {
+		t.WriteString("(ratios need all three variants; -datapath.only left some out)\n")
+		fmt.Print(t.String())
+		return
 	}
 	for _, against := range []string{nginx, noMesh} {
 		fmt.Fprintf(&t, "%-16s", "Ambit / "+against)
