@@ -83,7 +83,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 	ready := admin.NewReadiness(condXDS, condZDS)
 	adm := admin.New(admin.Config{
 		AdminAddr: cfg.AdminAddr, StatsAddr: cfg.StatsAddr, ReadyAddr: cfg.ReadyAddr,
-		Level: level, Metrics: m.Handler(), Ready: ready.Err, Log: log.With("component", "admin"),
+		Level: level, Metrics: m.WriteText, Ready: ready.Err, Log: log.With("component", "admin"),
 	})
 	adm.Register(admin.SectionWorkloads, admin.DumperFunc(func() any { return st.Dump().Workloads }))
 	adm.Register(admin.SectionServices, admin.DumperFunc(func() any { return st.Dump().Services }))

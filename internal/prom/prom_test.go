@@ -1,9 +1,9 @@
 package prom
 
 import (
+	"bytes"
+	"errors"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -68,7 +68,7 @@ func TestLabelEscapingRoundTrips(t *testing.T) {
 	for i, val := range values {
 		v.With(val, string(rune('a'+i))).Add(uint64(i + 1))
 	}
-	mfs := testutil.ScrapeMetrics(t, r.Handler())
+	mfs := testutil.ScrapeMetrics(t, r.WriteText)
 	got := map[string]float64{}
 	for _, m := range mfs["x_total"].GetMetric() {
 		got[label(m, "v")] = m.GetCounter().GetValue()
@@ -99,7 +99,7 @@ func TestHistogram(t *testing.T) {
 		h.With("a").Observe(s)
 	}
 	h.With("b") // a series with no samples
-	mfs := testutil.ScrapeMetrics(t, r.Handler())
+	mfs := testutil.ScrapeMetrics(t, r.WriteText)
 	mf := mfs["d_seconds"]
 	if mf.GetType() != dto.MetricType_HISTOGRAM || len(mf.GetMetric()) != 2 {
 		t.Fatalf("d_seconds: got type %v with %d series, want a histogram with 2", mf.GetType(), len(mf.GetMetric()))
@@ -156,7 +156,7 @@ func TestConcurrentUpdates(t *testing.T) {
 		}
 	})
 	wg.Wait()
-	mfs := testutil.ScrapeMetrics(t, r.Handler())
+	mfs := testutil.ScrapeMetrics(t, r.WriteText)
 	var total float64
 	for _, m := range mfs["c_total"].GetMetric() {
 		total += m.GetCounter().GetValue()
@@ -171,25 +171,34 @@ func TestConcurrentUpdates(t *testing.T) {
 	}
 }
 
-func TestHandler(t *testing.T) {
+// Only registered collectors are written, and the writer's error comes back.
+func TestWriteTextRegisteredOnly(t *testing.T) {
 	r := NewRegistry()
 	NewCounterVec("x_total", "help", nil).With().Inc() // not registered: not written
 	r.Register(NewCounterVec("y_total", "help", nil))
-	rec := httptest.NewRecorder()
-	r.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	if got := rec.Header().Get("Content-Type"); got != ContentType {
-		t.Errorf("Content-Type: got %q, want %q", got, ContentType)
+	var b bytes.Buffer
+	if err := r.WriteText(&b); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := rec.Body.String(), "# HELP y_total help\n# TYPE y_total counter\n"; got != want {
+	if got, want := b.String(), "# HELP y_total help\n# TYPE y_total counter\n"; got != want {
 		t.Errorf("body: got %q, want %q", got, want)
 	}
+	if err := r.WriteText(failingWriter{}); !errors.Is(err, errWrite) {
+		t.Errorf("WriteText to a failing writer: got %v, want its error", err)
+	}
 }
+
+var errWrite = errors.New("disk full")
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errWrite }
 
 // The Go and process families keep client_golang's names and types, and read sane values.
 func TestGoAndProcessCollectors(t *testing.T) {
 	r := NewRegistry()
 	r.Register(NewGoCollector(), NewProcessCollector())
-	mfs := testutil.ScrapeMetrics(t, r.Handler())
+	mfs := testutil.ScrapeMetrics(t, r.WriteText)
 	want := map[string]dto.MetricType{
 		"go_gc_duration_seconds": dto.MetricType_SUMMARY, "go_goroutines": dto.MetricType_GAUGE,
 		"go_threads": dto.MetricType_GAUGE, "go_info": dto.MetricType_GAUGE,

@@ -14,10 +14,8 @@
 package prom
 
 import (
-	"bytes"
 	"io"
 	"math"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -65,7 +63,10 @@ func (r *Registry) Register(cs ...Collector) {
 	r.mu.Unlock()
 }
 
-// WriteText writes every registered collector's families to w in the text format.
+// WriteText writes every registered collector's families to w in the text format; an HTTP
+// handler serves it with the media type ContentType, whatever format the scraper asks for.
+// The package has no handler of its own, so that it does not link net/http (ztunnel serves
+// its metrics with internal/httpserve).
 func (r *Registry) WriteText(w io.Writer) error {
 	r.mu.Lock()
 	cs := slices.Clone(r.collectors)
@@ -82,22 +83,6 @@ func (r *Registry) WriteText(w io.Writer) error {
 		}
 	}
 	return nil
-}
-
-// Handler serves the registry's text exposition, whatever format the scraper asks for.
-func (r *Registry) Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		var b bytes.Buffer
-		// Written to a buffer first, so that a scrape gets a whole exposition or a 500, and
-		// a Content-Length.
-		if err := r.WriteText(&b); err != nil {
-			http.Error(w, "writing metrics: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		w.Header().Set("Content-Type", ContentType)
-		w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
-		w.Write(b.Bytes())
-	})
 }
 
 // Encoder writes metric families in the text format. Collectors get one from the registry; a

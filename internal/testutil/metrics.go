@@ -1,8 +1,8 @@
 package testutil
 
 import (
-	"net/http"
-	"net/http/httptest"
+	"bytes"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -12,19 +12,24 @@ import (
 	"github.com/prometheus/common/model"
 )
 
-// ScrapeMetrics GETs /metrics from h, a Prometheus exposition handler, and returns its
-// families by name, parsed the way Prometheus's own text parser reads them (names must be
-// valid legacy names). It fails the test if the answer is not a 200, does not parse, or holds
-// one label set twice in a family.
-func ScrapeMetrics(t testing.TB, h http.Handler) map[string]*dto.MetricFamily {
+// ScrapeMetrics has write, a Prometheus text exposition writer such as
+// prom.Registry.WriteText, write a scrape, and returns its families as ParseMetrics does.
+func ScrapeMetrics(t testing.TB, write func(io.Writer) error) map[string]*dto.MetricFamily {
 	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
-	if rec.Code != http.StatusOK {
-		t.Fatalf("GET /metrics: status %d, want 200: %s", rec.Code, rec.Body.Bytes())
+	var b bytes.Buffer
+	if err := write(&b); err != nil {
+		t.Fatalf("writing the metrics: %v", err)
 	}
+	return ParseMetrics(t, &b)
+}
+
+// ParseMetrics returns the families of the text exposition r by name, parsed the way
+// Prometheus's own text parser reads them (names must be valid legacy names). It fails the
+// test if the exposition does not parse or holds one label set twice in a family.
+func ParseMetrics(t testing.TB, r io.Reader) map[string]*dto.MetricFamily {
+	t.Helper()
 	p := expfmt.NewTextParser(model.LegacyValidation)
-	mfs, err := p.TextToMetricFamilies(rec.Body)
+	mfs, err := p.TextToMetricFamilies(r)
 	if err != nil {
 		t.Fatalf("parsing the metrics: %v", err)
 	}

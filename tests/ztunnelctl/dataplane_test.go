@@ -381,7 +381,7 @@ func isReset(err error) bool {
 func countOpened(t *testing.T, m *metrics.Metrics, reporter, policy string) int {
 	t.Helper()
 	total := 0
-	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
+	for _, mf := range testutil.ScrapeMetrics(t, m.WriteText) {
 		if mf.GetName() != "istio_tcp_connections_opened_total" {
 			continue
 		}
@@ -402,7 +402,7 @@ func countOpened(t *testing.T, m *metrics.Metrics, reporter, policy string) int 
 // reporter.
 func openedLabel(t *testing.T, m *metrics.Metrics, reporter, label string) string {
 	t.Helper()
-	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
+	for _, mf := range testutil.ScrapeMetrics(t, m.WriteText) {
 		if mf.GetName() != "istio_tcp_connections_opened_total" {
 			continue
 		}

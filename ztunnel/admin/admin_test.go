@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"runtime"
 	"strings"
@@ -16,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ambit-mesh/ambit/internal/prom"
 	"github.com/ambit-mesh/ambit/internal/testutil"
+	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
 
 const testTimeout = 10 * time.Second
@@ -25,10 +26,12 @@ func TestHandlers(t *testing.T) {
 	var level slog.LevelVar
 	var ready atomic.Pointer[error]
 	s := New(Config{
+		AdminAddr: "127.0.0.1:0", StatsAddr: "127.0.0.1:0", ReadyAddr: "127.0.0.1:0",
 		Level: &level,
-		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			io.WriteString(w, "istio_tcp_connections_opened_total 1\n")
-		}),
+		Metrics: func(w io.Writer) error {
+			_, err := io.WriteString(w, "istio_tcp_connections_opened_total 1\n")
+			return err
+		},
 		Ready: func() error {
 			if p := ready.Load(); p != nil {
 				return *p
@@ -36,13 +39,14 @@ func TestHandlers(t *testing.T) {
 			return nil
 		},
 	})
+	s = startLoopback(t, s)
 	s.Register(SectionWorkloads, DumperFunc(func() any { return []map[string]string{{"name": "reviews-v1", "namespace": "default"}} }))
 	s.Register(SectionServices, DumperFunc(func() any { return []string{"reviews.default.svc.cluster.local"} }))
 	notSynced := errors.New("xds not synced; zds not connected")
 
 	tests := []struct {
 		name       string
-		handler    http.Handler
+		addr       func() net.Addr
 		method     string
 		target     string
 		before     func()
@@ -50,43 +54,46 @@ func TestHandlers(t *testing.T) {
 		wantBody   string // substring
 		wantLevel  slog.Level
 	}{
-		{name: "index", handler: s.AdminHandler(), target: "/", wantStatus: 200, wantBody: "/config_dump"},
-		{name: "config dump", handler: s.AdminHandler(), target: "/config_dump", wantStatus: 200, wantBody: `"workloads": [`},
-		{name: "config dump section", handler: s.AdminHandler(), target: "/config_dump?section=services", wantStatus: 200, wantBody: `"reviews.default.svc.cluster.local"`},
-		{name: "config dump unknown section", handler: s.AdminHandler(), target: "/config_dump?section=nope", wantStatus: 404, wantBody: "sections are services, workloads"},
-		{name: "logging read", handler: s.AdminHandler(), target: "/logging", wantStatus: 200, wantBody: `{"level": "info"}`},
-		{name: "logging debug", handler: s.AdminHandler(), target: "/logging?level=debug", wantStatus: 200, wantBody: `"debug"`, wantLevel: slog.LevelDebug},
-		{name: "logging post warning", handler: s.AdminHandler(), method: "POST", target: "/logging?level=warning", wantStatus: 200, wantBody: `"warn"`, wantLevel: slog.LevelWarn},
-		{name: "logging upper case", handler: s.AdminHandler(), method: "PUT", target: "/logging?level=ERROR", wantStatus: 200, wantBody: `"error"`, wantLevel: slog.LevelError},
-		{name: "logging bad level", handler: s.AdminHandler(), target: "/logging?level=loud", before: func() { level.Set(slog.LevelInfo) }, wantStatus: 400, wantBody: `level "loud"`},
-		{name: "logging delete", handler: s.AdminHandler(), method: "DELETE", target: "/logging", wantStatus: 405},
-		{name: "pprof index", handler: s.AdminHandler(), target: "/debug/pprof/", wantStatus: 200, wantBody: "goroutine"},
-		{name: "pprof index lists the CPU profile", handler: s.AdminHandler(), target: "/debug/pprof/", wantStatus: 200, wantBody: "profile?seconds=N"},
-		{name: "pprof goroutine", handler: s.AdminHandler(), target: "/debug/pprof/goroutine?debug=1", wantStatus: 200, wantBody: "goroutine profile"},
-		{name: "pprof goroutine stacks", handler: s.AdminHandler(), target: "/debug/pprof/goroutine?debug=2", wantStatus: 200, wantBody: "goroutine "},
-		{name: "pprof heap text", handler: s.AdminHandler(), target: "/debug/pprof/heap?debug=1&gc=1", wantStatus: 200, wantBody: "# HeapInuse = "},
-		{name: "pprof allocs text", handler: s.AdminHandler(), target: "/debug/pprof/allocs?debug=1", wantStatus: 200, wantBody: "heap profile"},
-		{name: "pprof threadcreate text", handler: s.AdminHandler(), target: "/debug/pprof/threadcreate?debug=1", wantStatus: 200, wantBody: "threadcreate profile"},
-		{name: "pprof block text", handler: s.AdminHandler(), target: "/debug/pprof/block?debug=1", wantStatus: 200, wantBody: "--- contention"},
-		{name: "pprof mutex text", handler: s.AdminHandler(), target: "/debug/pprof/mutex?debug=1", wantStatus: 200, wantBody: "--- mutex"},
-		{name: "pprof cmdline", handler: s.AdminHandler(), target: "/debug/pprof/cmdline", wantStatus: 200, wantBody: os.Args[0]},
-		{name: "pprof symbol", handler: s.AdminHandler(), target: "/debug/pprof/symbol", wantStatus: 200, wantBody: "num_symbols: 1"},
-		{name: "pprof unknown profile", handler: s.AdminHandler(), target: "/debug/pprof/nope", wantStatus: 404, wantBody: `no profile "nope"; profiles are allocs, block, goroutine, heap`},
-		{name: "pprof bad seconds", handler: s.AdminHandler(), target: "/debug/pprof/profile?seconds=abc", wantStatus: 400, wantBody: `profile: seconds "abc"`},
-		{name: "pprof zero seconds", handler: s.AdminHandler(), target: "/debug/pprof/profile?seconds=0", wantStatus: 400, wantBody: `seconds "0"`},
-		{name: "pprof bad trace seconds", handler: s.AdminHandler(), target: "/debug/pprof/trace?seconds=-1", wantStatus: 400, wantBody: `trace: seconds "-1"`},
-		{name: "pprof bad debug", handler: s.AdminHandler(), target: "/debug/pprof/heap?debug=x", wantStatus: 400, wantBody: `debug "x"`},
-		{name: "pprof bad gc", handler: s.AdminHandler(), target: "/debug/pprof/heap?gc=yes", wantStatus: 400, wantBody: `gc "yes"`},
-		{name: "pprof delta profile", handler: s.AdminHandler(), target: "/debug/pprof/heap?seconds=5", wantStatus: 400, wantBody: "heap?seconds=5: delta profiles are not served"},
-		{name: "pprof bad symbol address", handler: s.AdminHandler(), target: "/debug/pprof/symbol?0x1+pc", wantStatus: 400, wantBody: `address "pc"`},
-		{name: "pprof post profile", handler: s.AdminHandler(), method: "POST", target: "/debug/pprof/heap", wantStatus: 405},
-		{name: "admin unknown", handler: s.AdminHandler(), target: "/quitquitquit", wantStatus: 404},
-		{name: "stats prometheus", handler: s.StatsHandler(), target: "/stats/prometheus", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},
-		{name: "metrics", handler: s.StatsHandler(), target: "/metrics", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},
-		{name: "ready", handler: s.ReadyHandler(), target: "/healthz/ready", wantStatus: 200, wantBody: "ready"},
-		{name: "not ready", handler: s.ReadyHandler(), target: "/healthz/ready", before: func() { ready.Store(&notSynced) }, wantStatus: 503, wantBody: "not ready: xds not synced; zds not connected"},
-		{name: "ready again", handler: s.ReadyHandler(), target: "/healthz/ready", before: func() { ready.Store(nil) }, wantStatus: 200},
-		{name: "ready port has nothing else", handler: s.ReadyHandler(), target: "/config_dump", wantStatus: 404},
+		{name: "index", addr: s.AdminAddr, target: "/", wantStatus: 200, wantBody: "/config_dump"},
+		{name: "config dump", addr: s.AdminAddr, target: "/config_dump", wantStatus: 200, wantBody: `"workloads": [`},
+		{name: "config dump section", addr: s.AdminAddr, target: "/config_dump?section=services", wantStatus: 200, wantBody: `"reviews.default.svc.cluster.local"`},
+		{name: "config dump unknown section", addr: s.AdminAddr, target: "/config_dump?section=nope", wantStatus: 404, wantBody: "sections are services, workloads"},
+		{name: "logging read", addr: s.AdminAddr, target: "/logging", wantStatus: 200, wantBody: `{"level": "info"}`},
+		{name: "logging debug", addr: s.AdminAddr, target: "/logging?level=debug", wantStatus: 200, wantBody: `"debug"`, wantLevel: slog.LevelDebug},
+		{name: "logging post warning", addr: s.AdminAddr, method: "POST", target: "/logging?level=warning", wantStatus: 200, wantBody: `"warn"`, wantLevel: slog.LevelWarn},
+		{name: "logging upper case", addr: s.AdminAddr, method: "PUT", target: "/logging?level=ERROR", wantStatus: 200, wantBody: `"error"`, wantLevel: slog.LevelError},
+		{name: "logging bad level", addr: s.AdminAddr, target: "/logging?level=loud", before: func() { level.Set(slog.LevelInfo) }, wantStatus: 400, wantBody: `level "loud"`},
+		{name: "logging delete", addr: s.AdminAddr, method: "DELETE", target: "/logging", wantStatus: 405},
+		{name: "pprof index", addr: s.AdminAddr, target: "/debug/pprof/", wantStatus: 200, wantBody: "goroutine"},
+		{name: "pprof index lists the CPU profile", addr: s.AdminAddr, target: "/debug/pprof/", wantStatus: 200, wantBody: "profile?seconds=N"},
+		{name: "pprof goroutine", addr: s.AdminAddr, target: "/debug/pprof/goroutine?debug=1", wantStatus: 200, wantBody: "goroutine profile"},
+		{name: "pprof goroutine stacks", addr: s.AdminAddr, target: "/debug/pprof/goroutine?debug=2", wantStatus: 200, wantBody: "goroutine "},
+		{name: "pprof heap text", addr: s.AdminAddr, target: "/debug/pprof/heap?debug=1&gc=1", wantStatus: 200, wantBody: "# HeapInuse = "},
+		{name: "pprof allocs text", addr: s.AdminAddr, target: "/debug/pprof/allocs?debug=1", wantStatus: 200, wantBody: "heap profile"},
+		{name: "pprof threadcreate text", addr: s.AdminAddr, target: "/debug/pprof/threadcreate?debug=1", wantStatus: 200, wantBody: "threadcreate profile"},
+		{name: "pprof block text", addr: s.AdminAddr, target: "/debug/pprof/block?debug=1", wantStatus: 200, wantBody: "--- contention"},
+		{name: "pprof mutex text", addr: s.AdminAddr, target: "/debug/pprof/mutex?debug=1", wantStatus: 200, wantBody: "--- mutex"},
+		{name: "pprof cmdline", addr: s.AdminAddr, target: "/debug/pprof/cmdline", wantStatus: 200, wantBody: os.Args[0]},
+		{name: "pprof symbol", addr: s.AdminAddr, target: "/debug/pprof/symbol", wantStatus: 200, wantBody: "num_symbols: 1"},
+		{name: "pprof unknown profile", addr: s.AdminAddr, target: "/debug/pprof/nope", wantStatus: 404, wantBody: `no profile "nope"; profiles are allocs, block, goroutine, heap`},
+		{name: "pprof bad seconds", addr: s.AdminAddr, target: "/debug/pprof/profile?seconds=abc", wantStatus: 400, wantBody: `profile: seconds "abc"`},
+		{name: "pprof zero seconds", addr: s.AdminAddr, target: "/debug/pprof/profile?seconds=0", wantStatus: 400, wantBody: `seconds "0"`},
+		{name: "pprof bad trace seconds", addr: s.AdminAddr, target: "/debug/pprof/trace?seconds=-1", wantStatus: 400, wantBody: `trace: seconds "-1"`},
+		{name: "pprof bad debug", addr: s.AdminAddr, target: "/debug/pprof/heap?debug=x", wantStatus: 400, wantBody: `debug "x"`},
+		{name: "pprof bad gc", addr: s.AdminAddr, target: "/debug/pprof/heap?gc=yes", wantStatus: 400, wantBody: `gc "yes"`},
+		{name: "pprof delta profile", addr: s.AdminAddr, target: "/debug/pprof/heap?seconds=5", wantStatus: 400, wantBody: "heap?seconds=5: delta profiles are not served"},
+		{name: "pprof bad symbol address", addr: s.AdminAddr, target: "/debug/pprof/symbol?0x1+pc", wantStatus: 400, wantBody: `address "pc"`},
+		{name: "pprof post profile", addr: s.AdminAddr, method: "POST", target: "/debug/pprof/heap", wantStatus: 405},
+		{name: "admin unknown", addr: s.AdminAddr, target: "/quitquitquit", wantStatus: 404},
+		{name: "stats prometheus", addr: s.StatsAddr, target: "/stats/prometheus", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},
+		{name: "metrics", addr: s.StatsAddr, target: "/metrics", wantStatus: 200, wantBody: "istio_tcp_connections_opened_total"},
+		{name: "ready", addr: s.ReadyAddr, target: "/healthz/ready", wantStatus: 200, wantBody: "ready"},
+		{name: "not ready", addr: s.ReadyAddr, target: "/healthz/ready", before: func() { ready.Store(&notSynced) }, wantStatus: 503, wantBody: "not ready: xds not synced; zds not connected"},
+		{name: "ready again", addr: s.ReadyAddr, target: "/healthz/ready", before: func() { ready.Store(nil) }, wantStatus: 200},
+		{name: "ready port has nothing else", addr: s.ReadyAddr, target: "/config_dump", wantStatus: 404},
+		{name: "ready head", addr: s.ReadyAddr, method: "HEAD", target: "/healthz/ready", wantStatus: 200},
+		{name: "ready post", addr: s.ReadyAddr, method: "POST", target: "/healthz/ready", wantStatus: 405},
+		{name: "stats post", addr: s.StatsAddr, method: "POST", target: "/metrics", wantStatus: 405},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,13 +104,12 @@ func TestHandlers(t *testing.T) {
 			if method == "" {
 				method = "GET"
 			}
-			rec := httptest.NewRecorder()
-			tt.handler.ServeHTTP(rec, httptest.NewRequest(method, tt.target, nil))
-			if rec.Code != tt.wantStatus {
-				t.Errorf("status: got %d, want %d (body %q)", rec.Code, tt.wantStatus, rec.Body.String())
+			resp, body := do(t, method, tt.addr(), tt.target, nil)
+			if resp.StatusCode != tt.wantStatus {
+				t.Errorf("status: got %d, want %d (body %q)", resp.StatusCode, tt.wantStatus, body)
 			}
-			if !strings.Contains(rec.Body.String(), tt.wantBody) {
-				t.Errorf("body: got %q, want it to contain %q", rec.Body.String(), tt.wantBody)
+			if !strings.Contains(body, tt.wantBody) {
+				t.Errorf("body: got %q, want it to contain %q", body, tt.wantBody)
 			}
 			if tt.wantLevel != 0 && level.Level() != tt.wantLevel {
 				t.Errorf("level: got %v, want %v", level.Level(), tt.wantLevel)
@@ -113,17 +119,16 @@ func TestHandlers(t *testing.T) {
 }
 
 func TestConfigDumpJSON(t *testing.T) {
-	s := New(Config{})
+	s := startLoopback(t, New(loopbackConfig()))
 	s.Register(SectionPolicies, DumperFunc(func() any { return []string{"default/allow-reviews"} }))
 	s.Register(SectionCertificates, DumperFunc(func() any { return map[string]any{"identity": "spiffe://cluster.local/ns/default/sa/reviews"} }))
 	s.Register(SectionPolicies, DumperFunc(func() any { return []string{"default/deny-all"} })) // replaces
-	rec := httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/config_dump", nil))
-	if got := rec.Header().Get("Content-Type"); got != "application/json" {
+	resp, body := do(t, "GET", s.AdminAddr(), "/config_dump", nil)
+	if got := resp.Header.Get("Content-Type"); got != "application/json" {
 		t.Errorf("content type: got %q, want application/json", got)
 	}
 	var got map[string]any
-	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
 		t.Fatal(err)
 	}
 	if p, _ := got[SectionPolicies].([]any); len(p) != 1 || p[0] != "default/deny-all" {
@@ -134,11 +139,46 @@ func TestConfigDumpJSON(t *testing.T) {
 	}
 
 	s.Register("broken", DumperFunc(func() any { return func() {} }))
-	rec = httptest.NewRecorder()
-	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/config_dump", nil))
-	if rec.Code != http.StatusInternalServerError {
-		t.Errorf("unencodable dump: got status %d, want 500", rec.Code)
+	if resp, _ := do(t, "GET", s.AdminAddr(), "/config_dump", nil); resp.StatusCode != http.StatusInternalServerError {
+		t.Errorf("unencodable dump: got status %d, want 500", resp.StatusCode)
 	}
+}
+
+// startLoopback starts s, made with loopbackConfig, until the test ends.
+func startLoopback(t *testing.T, s *Server) *Server {
+	t.Helper()
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		if err := s.Stop(ctx); err != nil {
+			t.Errorf("Stop: %v", err)
+		}
+	})
+	return s
+}
+
+// do sends one request with net/http's client and returns the answer with its body read.
+func do(t *testing.T, method string, addr net.Addr, target string, body io.Reader) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+addr.String()+target, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr, Timeout: testTimeout}).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, target, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("%s %s: reading the answer: %v", method, target, err)
+	}
+	return resp, string(b)
 }
 
 func get(t *testing.T, addr net.Addr, path string) (int, string, error) {
@@ -155,7 +195,52 @@ func get(t *testing.T, addr net.Addr, path string) (int, string, error) {
 
 func loopbackConfig() Config {
 	return Config{AdminAddr: "127.0.0.1:0", StatsAddr: "127.0.0.1:0", ReadyAddr: "127.0.0.1:0",
-		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "up 1\n") })}
+		Metrics: func(w io.Writer) error {
+			_, err := io.WriteString(w, "up 1\n")
+			return err
+		}}
+}
+
+// What ztunnel's metrics serve on both paths parses with Prometheus's own parser, with the
+// text format's media type.
+func TestMetricsParse(t *testing.T) {
+	m := metrics.New()
+	cfg := loopbackConfig()
+	cfg.Metrics = m.WriteText
+	s := startLoopback(t, New(cfg))
+	for _, path := range []string{"/stats/prometheus", "/metrics"} {
+		resp, body := do(t, "GET", s.StatsAddr(), path, nil)
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != prom.ContentType {
+			t.Errorf("%s: got %d %q, want 200 %q", path, resp.StatusCode, resp.Header.Get("Content-Type"), prom.ContentType)
+		}
+		mfs := testutil.ParseMetrics(t, strings.NewReader(body))
+		if mfs["go_goroutines"] == nil || mfs["process_resident_memory_bytes"] == nil {
+			t.Errorf("%s: got families %d, want the Go and process families among them", path, len(mfs))
+		}
+	}
+}
+
+// Without a metrics writer the stats port answers 404.
+func TestNoMetrics(t *testing.T) {
+	cfg := loopbackConfig()
+	cfg.Metrics = nil
+	s := startLoopback(t, New(cfg))
+	if resp, _ := do(t, "GET", s.StatsAddr(), "/metrics", nil); resp.StatusCode != 404 {
+		t.Errorf("got %d, want 404", resp.StatusCode)
+	}
+}
+
+// A metrics writer that fails gives a 500 naming the error, not a truncated exposition.
+func TestMetricsError(t *testing.T) {
+	cfg := loopbackConfig()
+	cfg.Metrics = func(w io.Writer) error {
+		io.WriteString(w, "up 1\n")
+		return errors.New("collector broke")
+	}
+	s := startLoopback(t, New(cfg))
+	if resp, body := do(t, "GET", s.StatsAddr(), "/metrics", nil); resp.StatusCode != 500 || body != "writing metrics: collector broke\n" {
+		t.Errorf("got %d %q, want 500 naming the error", resp.StatusCode, body)
+	}
 }
 
 func TestStartStop(t *testing.T) {

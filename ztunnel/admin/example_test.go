@@ -14,7 +14,7 @@ func Example() {
 	var level slog.LevelVar // the LevelVar of the binary's slog handler
 	m := metrics.New()
 	ready := admin.NewReadiness("xds synced", "zds connected")
-	s := admin.New(admin.Config{Level: &level, Metrics: m.Handler(), Ready: ready.Err})
+	s := admin.New(admin.Config{Level: &level, Metrics: m.WriteText, Ready: ready.Err})
 	s.Register(admin.SectionWorkloads, admin.DumperFunc(func() any { return []string{"default/reviews-v1"} }))
 	if err := s.Start(context.Background()); err != nil {
 		return

@@ -1,12 +1,15 @@
 package admin
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"slices"
 	"strings"
+
+	"github.com/ambit-mesh/ambit/internal/httpserve"
+	"github.com/ambit-mesh/ambit/internal/prom"
 )
 
 // Dumper provides one section of /config_dump. Dump is called on every request, concurrently
@@ -43,43 +46,55 @@ func (s *Server) Register(section string, d Dumper) {
 }
 
 // AdminHandler serves /config_dump, /logging and /debug/pprof/.
-func (s *Server) AdminHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", s.index)
-	mux.HandleFunc("GET /config_dump", s.configDump)
-	mux.HandleFunc("/logging", s.logging)
-	registerPprof(mux)
-	return mux
+func (s *Server) AdminHandler() httpserve.Handler {
+	var mux httpserve.Mux
+	mux.Handle("GET", "/", s.index)
+	mux.Handle("GET", "/config_dump", s.configDump)
+	for _, m := range []string{"GET", "POST", "PUT"} {
+		mux.Handle(m, "/logging", s.logging)
+	}
+	registerPprof(&mux)
+	return mux.Serve
 }
 
-// StatsHandler serves the metrics handler at /stats/prometheus and /metrics.
-func (s *Server) StatsHandler() http.Handler {
-	mux := http.NewServeMux()
-	h := s.cfg.Metrics
-	if h == nil {
-		h = http.NotFoundHandler()
+// StatsHandler serves the metrics at /stats/prometheus and /metrics.
+func (s *Server) StatsHandler() httpserve.Handler {
+	var mux httpserve.Mux
+	if s.cfg.Metrics != nil {
+		mux.Handle("GET", "/stats/prometheus", s.metrics)
+		mux.Handle("GET", "/metrics", s.metrics)
 	}
-	mux.Handle("/stats/prometheus", h)
-	mux.Handle("/metrics", h)
-	return mux
+	return mux.Serve
 }
 
 // ReadyHandler serves /healthz/ready.
-func (s *Server) ReadyHandler() http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz/ready", func(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ReadyHandler() httpserve.Handler {
+	var mux httpserve.Mux
+	mux.Handle("GET", "/healthz/ready", func(w *httpserve.Response, r *httpserve.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if err := s.cfg.Ready(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
+			w.WriteHeader(httpserve.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %s\n", err)
 			return
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	return mux
+	return mux.Serve
 }
 
-func (s *Server) index(w http.ResponseWriter, _ *http.Request) {
+// metrics writes the exposition to a buffer first, so that a scrape gets a whole exposition
+// or a 500, and a Content-Length. Every scrape gets the text format, whatever its Accept.
+func (s *Server) metrics(w *httpserve.Response, _ *httpserve.Request) {
+	var b bytes.Buffer
+	if err := s.cfg.Metrics(&b); err != nil {
+		httpserve.Error(w, "writing metrics: "+err.Error(), httpserve.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", prom.ContentType)
+	w.Write(b.Bytes())
+}
+
+func (s *Server) index(w *httpserve.Response, _ *httpserve.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprint(w, `ztunnel admin
   /config_dump[?section=NAME]  what this ztunnel knows, as JSON
@@ -89,7 +104,7 @@ func (s *Server) index(w http.ResponseWriter, _ *http.Request) {
 }
 
 // configDump writes every section, or only ?section=NAME, as indented JSON.
-func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
+func (s *Server) configDump(w *httpserve.Response, r *httpserve.Request) {
 	s.mu.Lock()
 	dumpers := make(map[string]Dumper, len(s.dumpers))
 	for k, d := range s.dumpers {
@@ -98,7 +113,7 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 
 	var out any
-	if name := r.URL.Query().Get("section"); name != "" {
+	if name := r.Query().Get("section"); name != "" {
 		d, ok := dumpers[name]
 		if !ok {
 			names := make([]string, 0, len(dumpers))
@@ -106,7 +121,7 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 				names = append(names, k)
 			}
 			slices.Sort(names)
-			http.Error(w, fmt.Sprintf("config_dump: no section %q; sections are %s", name, strings.Join(names, ", ")), http.StatusNotFound)
+			httpserve.Error(w, fmt.Sprintf("config_dump: no section %q; sections are %s", name, strings.Join(names, ", ")), httpserve.StatusNotFound)
 			return
 		}
 		out = d.Dump()
@@ -119,28 +134,21 @@ func (s *Server) configDump(w http.ResponseWriter, r *http.Request) {
 	}
 	b, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {
-		http.Error(w, fmt.Sprintf("config_dump: encoding: %v", err), http.StatusInternalServerError)
+		httpserve.Error(w, fmt.Sprintf("config_dump: encoding: %v", err), httpserve.StatusInternalServerError)
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(append(b, '\n'))
 }
 
-// logging reports the log level and, given ?level=, changes it first. Changing it is allowed
-// with GET too: the admin server listens on localhost only, and `curl host:15000/logging?level=debug`
-// is what operators type.
-func (s *Server) logging(w http.ResponseWriter, r *http.Request) {
-	switch r.Method {
-	case http.MethodGet, http.MethodPost, http.MethodPut:
-	default:
-		w.Header().Set("Allow", "GET, POST, PUT")
-		http.Error(w, "logging: method not allowed", http.StatusMethodNotAllowed)
-		return
-	}
-	if v := r.URL.Query().Get("level"); v != "" {
+// logging reports the log level and, given ?level=, changes it first (GET, POST or PUT).
+// Changing it is allowed with GET too: the admin server listens on localhost only, and
+// `curl host:15000/logging?level=debug` is what operators type.
+func (s *Server) logging(w *httpserve.Response, r *httpserve.Request) {
+	if v := r.Query().Get("level"); v != "" {
 		l, err := parseLevel(v)
 		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+			httpserve.Error(w, err.Error(), httpserve.StatusBadRequest)
 			return
 		}
 		s.cfg.Level.Set(l)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net/http"
 	"os"
 	"runtime"
 	"runtime/pprof"
@@ -14,14 +13,15 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/httpserve"
 )
 
 // The /debug/pprof/ endpoints, written on runtime/pprof and runtime/trace. They serve what
 // net/http/pprof serves at the same paths, in the same formats, so `go tool pprof` and
 // `go tool trace` read them, but not its delta profiles (?seconds= on a named profile), which
 // need the profile parser (internal/profile) in the binary; nor its HTML index. ztunnel's resident
-// memory is mostly its own binary, so what it links is worth keeping small. Unlike
-// net/http/pprof, nothing is registered on http.DefaultServeMux.
+// memory is mostly its own binary, so what it links is worth keeping small.
 
 // Defaults and bounds of ?seconds=.
 const (
@@ -41,18 +41,18 @@ var profileHelp = map[string]string{
 	"threadcreate": "the stacks that created OS threads",
 }
 
-func registerPprof(mux *http.ServeMux) {
-	mux.HandleFunc("GET /debug/pprof/{$}", pprofIndex)
-	mux.HandleFunc("GET /debug/pprof/cmdline", pprofCmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", recording("profile", "CPU profile", defaultCPUProfileSeconds, pprof.StartCPUProfile, pprof.StopCPUProfile))
-	mux.HandleFunc("GET /debug/pprof/trace", recording("trace", "trace", defaultTraceSeconds, trace.Start, trace.Stop))
-	mux.HandleFunc("GET /debug/pprof/symbol", pprofSymbol)
-	mux.HandleFunc("POST /debug/pprof/symbol", pprofSymbol)
-	mux.HandleFunc("GET /debug/pprof/{name}", pprofNamed)
+func registerPprof(mux *httpserve.Mux) {
+	mux.Handle("GET", "/debug/pprof/", pprofIndex)
+	mux.Handle("GET", "/debug/pprof/cmdline", pprofCmdline)
+	mux.Handle("GET", "/debug/pprof/profile", recording("profile", "CPU profile", defaultCPUProfileSeconds, pprof.StartCPUProfile, pprof.StopCPUProfile))
+	mux.Handle("GET", "/debug/pprof/trace", recording("trace", "trace", defaultTraceSeconds, trace.Start, trace.Stop))
+	mux.Handle("GET", "/debug/pprof/symbol", pprofSymbol)
+	mux.Handle("POST", "/debug/pprof/symbol", pprofSymbol)
+	mux.Handle("GET", "/debug/pprof/*", pprofNamed)
 }
 
 // pprofIndex lists the profiles as plain text.
-func pprofIndex(w http.ResponseWriter, _ *http.Request) {
+func pprofIndex(w *httpserve.Response, _ *httpserve.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprint(w, "Go profiles of this process. Read them with go tool pprof http://<admin>/debug/pprof/<name>.\n\n")
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
@@ -69,7 +69,7 @@ func pprofIndex(w http.ResponseWriter, _ *http.Request) {
 }
 
 // pprofCmdline writes the command line as net/http/pprof does: arguments separated by NUL.
-func pprofCmdline(w http.ResponseWriter, _ *http.Request) {
+func pprofCmdline(w *httpserve.Response, _ *httpserve.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, strings.Join(os.Args, "\x00"))
 }
@@ -77,16 +77,16 @@ func pprofCmdline(w http.ResponseWriter, _ *http.Request) {
 // recording serves a recording (what: "CPU profile", "trace") taken over ?seconds= (default
 // def), or until the client leaves: name is the endpoint, start and stop begin and end the
 // recording into a writer. Only one recording of a kind runs at a time; another gets 409.
-func recording(name, what string, def int, start func(io.Writer) error, stop func()) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
+func recording(name, what string, def int, start func(io.Writer) error, stop func()) httpserve.Handler {
+	return func(w *httpserve.Response, r *httpserve.Request) {
 		d, err := seconds(r, def)
 		if err != nil {
-			http.Error(w, name+": "+err.Error(), http.StatusBadRequest)
+			httpserve.Error(w, name+": "+err.Error(), httpserve.StatusBadRequest)
 			return
 		}
 		binaryHeaders(w, name)
 		if err := start(w); err != nil {
-			pprofError(w, fmt.Sprintf("%s: %v; another %s is being taken, try again when it ends", name, err, what), http.StatusConflict)
+			pprofError(w, fmt.Sprintf("%s: %v; another %s is being taken, try again when it ends", name, err, what), httpserve.StatusConflict)
 			return
 		}
 		wait(r, d)
@@ -95,32 +95,32 @@ func recording(name, what string, def int, start func(io.Writer) error, stop fun
 }
 
 // pprofNamed writes one of the runtime/pprof profiles: protobuf, or text with ?debug=N > 0.
-func pprofNamed(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
+func pprofNamed(w *httpserve.Response, r *httpserve.Request) {
+	name := strings.TrimPrefix(r.Path, "/debug/pprof/")
 	p := pprof.Lookup(name)
 	if p == nil {
 		var names []string
 		for _, p := range pprof.Profiles() {
 			names = append(names, p.Name())
 		}
-		http.Error(w, fmt.Sprintf("pprof: no profile %q; profiles are %s, and profile, trace, cmdline, symbol",
-			name, strings.Join(names, ", ")), http.StatusNotFound)
+		httpserve.Error(w, fmt.Sprintf("pprof: no profile %q; profiles are %s, and profile, trace, cmdline, symbol",
+			name, strings.Join(names, ", ")), httpserve.StatusNotFound)
 		return
 	}
-	q := r.URL.Query()
+	q := r.Query()
 	if v := q.Get("seconds"); v != "" {
-		http.Error(w, fmt.Sprintf("pprof: %s?seconds=%s: delta profiles are not served; fetch %s twice and compare with go tool pprof -diff_base",
-			name, v, name), http.StatusBadRequest)
+		httpserve.Error(w, fmt.Sprintf("pprof: %s?seconds=%s: delta profiles are not served; fetch %s twice and compare with go tool pprof -diff_base",
+			name, v, name), httpserve.StatusBadRequest)
 		return
 	}
 	debug, err := intParam(q.Get("debug"), "debug", "0 (protobuf) or a number above 0 (text)")
 	if err != nil {
-		http.Error(w, "pprof: "+err.Error(), http.StatusBadRequest)
+		httpserve.Error(w, "pprof: "+err.Error(), httpserve.StatusBadRequest)
 		return
 	}
 	gc, err := intParam(q.Get("gc"), "gc", "0 or 1")
 	if err != nil {
-		http.Error(w, "pprof: "+err.Error(), http.StatusBadRequest)
+		httpserve.Error(w, "pprof: "+err.Error(), httpserve.StatusBadRequest)
 		return
 	}
 	if name == "heap" && gc > 0 {
@@ -138,12 +138,13 @@ func pprofNamed(w http.ResponseWriter, r *http.Request) {
 // pprofSymbol maps program counters to function names, for pprof's remote symbolization: the
 // addresses come '+'-separated in the POST body or the GET query. "num_symbols: 1" tells the
 // client that symbols are available.
-func pprofSymbol(w http.ResponseWriter, r *http.Request) {
-	in := r.URL.RawQuery
-	if r.Method == http.MethodPost {
-		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+func pprofSymbol(w *httpserve.Response, r *httpserve.Request) {
+	in := r.RawQuery
+	if r.Method == "POST" {
+		// The server caps request bodies (1 MiB by default).
+		b, err := io.ReadAll(r.Body)
 		if err != nil {
-			http.Error(w, fmt.Sprintf("symbol: reading the request: %v", err), http.StatusBadRequest)
+			httpserve.Error(w, fmt.Sprintf("symbol: reading the request: %v", err), httpserve.StatusBadRequest)
 			return
 		}
 		in = string(b)
@@ -153,7 +154,7 @@ func pprofSymbol(w http.ResponseWriter, r *http.Request) {
 	for _, word := range strings.FieldsFunc(in, func(c rune) bool { return c == '+' || c == '\n' || c == ' ' }) {
 		pc, err := strconv.ParseUint(word, 0, 64)
 		if err != nil {
-			http.Error(w, fmt.Sprintf("symbol: address %q: want a program counter such as 0x4a3b2c", word), http.StatusBadRequest)
+			httpserve.Error(w, fmt.Sprintf("symbol: address %q: want a program counter such as 0x4a3b2c", word), httpserve.StatusBadRequest)
 			return
 		}
 		if f := runtime.FuncForPC(uintptr(pc)); f != nil {
@@ -165,8 +166,8 @@ func pprofSymbol(w http.ResponseWriter, r *http.Request) {
 }
 
 // seconds reads ?seconds=, a positive number of seconds (fractions allowed), or def.
-func seconds(r *http.Request, def int) (time.Duration, error) {
-	v := r.URL.Query().Get("seconds")
+func seconds(r *httpserve.Request, def int) (time.Duration, error) {
+	v := r.Query().Get("seconds")
 	if v == "" {
 		return time.Duration(def) * time.Second, nil
 	}
@@ -190,19 +191,19 @@ func intParam(v, name, want string) (int, error) {
 }
 
 // binaryHeaders marks the response as a file to save, as net/http/pprof does.
-func binaryHeaders(w http.ResponseWriter, name string) {
+func binaryHeaders(w *httpserve.Response, name string) {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Disposition", fmt.Sprintf("attachment; filename=%q", name))
 }
 
 // pprofError answers with an error after binaryHeaders, which must not stay on a text answer.
-func pprofError(w http.ResponseWriter, msg string, code int) {
+func pprofError(w *httpserve.Response, msg string, code int) {
 	w.Header().Del("Content-Disposition")
-	http.Error(w, msg, code)
+	httpserve.Error(w, msg, code)
 }
 
 // wait returns after d, or earlier when the client has gone.
-func wait(r *http.Request, d time.Duration) {
+func wait(r *httpserve.Request, d time.Duration) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

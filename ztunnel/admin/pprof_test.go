@@ -5,8 +5,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // TestPprofGoTool fetches profiles over HTTP as the data-path benchmark does and reads them
@@ -73,7 +75,7 @@ func TestPprofGoTool(t *testing.T) {
 const goToolTimeout = 5 * time.Minute
 
 func TestPprofHeaders(t *testing.T) {
-	h := New(Config{}).AdminHandler()
+	s := startLoopback(t, New(loopbackConfig()))
 	for _, tt := range []struct {
 		target, contentType, disposition string
 	}{
@@ -82,15 +84,14 @@ func TestPprofHeaders(t *testing.T) {
 		{"/debug/pprof/profile?seconds=0.05", "application/octet-stream", `attachment; filename="profile"`},
 		{"/debug/pprof/", "text/plain; charset=utf-8", ""},
 	} {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, httptest.NewRequest("GET", tt.target, nil))
-		if rec.Code != 200 {
-			t.Errorf("%s: got status %d (%q), want 200", tt.target, rec.Code, rec.Body.String())
+		resp, body := do(t, "GET", s.AdminAddr(), tt.target, nil)
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: got status %d (%q), want 200", tt.target, resp.StatusCode, body)
 		}
-		if got := rec.Header().Get("Content-Type"); got != tt.contentType {
+		if got := resp.Header.Get("Content-Type"); got != tt.contentType {
 			t.Errorf("%s: got Content-Type %q, want %q", tt.target, got, tt.contentType)
 		}
-		if got := rec.Header().Get("Content-Disposition"); got != tt.disposition {
+		if got := resp.Header.Get("Content-Disposition"); got != tt.disposition {
 			t.Errorf("%s: got Content-Disposition %q, want %q", tt.target, got, tt.disposition)
 		}
 	}
@@ -102,52 +103,54 @@ func TestPprofCPUBusy(t *testing.T) {
 		t.Fatalf("starting the test's own CPU profile: %v", err)
 	}
 	defer pprof.StopCPUProfile()
-	rec := httptest.NewRecorder()
-	New(Config{}).AdminHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/pprof/profile?seconds=1", nil))
-	if rec.Code != http.StatusConflict || !strings.Contains(rec.Body.String(), "another CPU profile") {
-		t.Errorf("got %d %q, want 409 naming the other CPU profile", rec.Code, rec.Body.String())
+	s := startLoopback(t, New(loopbackConfig()))
+	resp, body := do(t, "GET", s.AdminAddr(), "/debug/pprof/profile?seconds=1", nil)
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "another CPU profile") {
+		t.Errorf("got %d %q, want 409 naming the other CPU profile", resp.StatusCode, body)
 	}
-	if got := rec.Header().Get("Content-Disposition"); got != "" {
+	if got := resp.Header.Get("Content-Disposition"); got != "" {
 		t.Errorf("got Content-Disposition %q on an error, want none", got)
 	}
 }
 
-// TestPprofClientGone: a profile ends when its client leaves, not when its seconds are up.
+// TestPprofClientGone: a profile ends when its client leaves, not when its seconds are up:
+// the next one can start at once.
 func TestPprofClientGone(t *testing.T) {
-	h := New(Config{}).AdminHandler()
+	s := startLoopback(t, New(loopbackConfig()))
 	for _, target := range []string{"/debug/pprof/profile?seconds=3600", "/debug/pprof/trace?seconds=3600"} {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", target, nil).WithContext(ctx))
-		}()
-		select {
-		case <-done:
-		case <-time.After(testTimeout):
-			t.Fatalf("%s: still running %v after its client left", target, testTimeout)
+		conn, err := net.Dial("tcp", s.AdminAddr().String())
+		if err != nil {
+			t.Fatal(err)
 		}
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", target)
+		// The recording has started once a second one is refused.
+		testutil.WaitFor(t, testTimeout, target+" to start", func() bool {
+			resp, _ := do(t, "GET", s.AdminAddr(), strings.Replace(target, "3600", "0.01", 1), nil)
+			return resp.StatusCode == http.StatusConflict
+		})
+		conn.Close()
+		testutil.WaitFor(t, testTimeout, target+" to stop after its client left", func() bool {
+			resp, _ := do(t, "GET", s.AdminAddr(), strings.Replace(target, "3600", "0.01", 1), nil)
+			return resp.StatusCode == http.StatusOK
+		})
 	}
 }
 
 func TestPprofSymbol(t *testing.T) {
 	pc := reflect.ValueOf(pprofIndex).Pointer()
 	want := runtime.FuncForPC(pc).Name()
-	h := New(Config{}).AdminHandler()
+	s := startLoopback(t, New(loopbackConfig()))
 	for _, method := range []string{"GET", "POST"} {
 		addrs := fmt.Sprintf("%#x+0x1", pc)
-		var req *http.Request
+		var resp *http.Response
+		var body string
 		if method == "GET" {
-			req = httptest.NewRequest(method, "/debug/pprof/symbol?"+addrs, nil)
+			resp, body = do(t, method, s.AdminAddr(), "/debug/pprof/symbol?"+addrs, nil)
 		} else {
-			req = httptest.NewRequest(method, "/debug/pprof/symbol", bytes.NewBufferString(addrs))
+			resp, body = do(t, method, s.AdminAddr(), "/debug/pprof/symbol", bytes.NewBufferString(addrs))
 		}
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		body := rec.Body.String()
-		if rec.Code != 200 || !strings.HasPrefix(body, "num_symbols: 1\n") || !strings.Contains(body, " "+want+"\n") {
-			t.Errorf("%s symbol %s: got %d %q, want 200 naming %s", method, addrs, rec.Code, body, want)
+		if resp.StatusCode != 200 || !strings.HasPrefix(body, "num_symbols: 1\n") || !strings.Contains(body, " "+want+"\n") {
+			t.Errorf("%s symbol %s: got %d %q, want 200 naming %s", method, addrs, resp.StatusCode, body, want)
 		}
 	}
 }

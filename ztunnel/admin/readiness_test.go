@@ -1,14 +1,19 @@
 package admin
 
 import (
-	"net/http"
-	"net/http/httptest"
+	"fmt"
+	"io"
+	"net"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestReadiness(t *testing.T) {
 	r := NewReadiness("xds synced", "zds connected", "certificates")
-	s := New(Config{Ready: r.Err})
+	cfg := loopbackConfig()
+	cfg.Ready = r.Err
+	s := startLoopback(t, New(cfg))
 	steps := []struct {
 		name       string
 		do         func()
@@ -26,10 +31,30 @@ func TestReadiness(t *testing.T) {
 	}
 	for _, st := range steps {
 		st.do()
-		rec := httptest.NewRecorder()
-		s.ReadyHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/healthz/ready", nil))
-		if rec.Code != st.wantStatus || rec.Body.String() != st.wantBody {
-			t.Errorf("%s: got %d %q, want %d %q", st.name, rec.Code, rec.Body.String(), st.wantStatus, st.wantBody)
+		resp, body := do(t, "GET", s.ReadyAddr(), "/healthz/ready", nil)
+		if resp.StatusCode != st.wantStatus || body != st.wantBody {
+			t.Errorf("%s: got %d %q, want %d %q", st.name, resp.StatusCode, body, st.wantStatus, st.wantBody)
 		}
+	}
+}
+
+// The kubelet's HTTP probe, byte for byte as kube-probe sends it: it closes after one
+// answer and reads the status.
+func TestReadinessKubeletProbe(t *testing.T) {
+	s := startLoopback(t, New(loopbackConfig()))
+	conn, err := net.Dial("tcp", s.ReadyAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /healthz/ready HTTP/1.1\r\nHost: %s\r\nUser-Agent: kube-probe/1.34\r\nAccept: */*\r\nConnection: close\r\n\r\n", s.ReadyAddr())
+	conn.SetReadDeadline(time.Now().Add(testTimeout))
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := string(b)
+	if !strings.HasPrefix(got, "HTTP/1.1 200 OK\r\n") || !strings.HasSuffix(got, "\r\n\r\nready\n") || !strings.Contains(got, "\r\nConnection: close\r\n") {
+		t.Errorf("got %q, want 200 ready and the connection closed", got)
 	}
 }

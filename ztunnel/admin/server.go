@@ -8,18 +8,22 @@
 //     its reason before.
 //
 // A [Server] binds all three in [Server.Start] and drains them in [Server.Stop]; the handlers
-// are also available on their own for callers that serve them elsewhere.
+// are also available on their own for callers that serve them elsewhere. They are served by
+// internal/httpserve, not net/http: ztunnel's resident memory is mostly its own binary's
+// pages, and net/http with its HTTP/2 code is about 1 MB of them.
 package admin
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"sync"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/httpserve"
 )
 
 // Default addresses, as in Istio ambient.
@@ -37,11 +41,14 @@ type Config struct {
 	// Level is the log level /logging reads and changes: pass the LevelVar of the binary's
 	// slog handler. Nil gets a private LevelVar, which changes nothing but the endpoint.
 	Level *slog.LevelVar
-	// Metrics serves /stats/prometheus and /metrics; nil answers 404 there.
-	Metrics http.Handler
+	// Metrics writes the Prometheus text exposition (format 0.0.4, prom.ContentType) that
+	// /stats/prometheus and /metrics serve, e.g. metrics.Metrics.WriteText; nil answers 404
+	// there.
+	Metrics func(io.Writer) error
 	// Ready decides /healthz/ready; nil is always ready.
 	Ready ReadyFunc
-	// Log receives errors of the HTTP servers; nil discards them.
+	// Log receives errors of the HTTP servers and the requests they refused; nil discards
+	// them.
 	Log *slog.Logger
 }
 
@@ -55,7 +62,7 @@ type Server struct {
 
 	// runMu guards the fields below, set by Start and cleared by Stop.
 	runMu   sync.Mutex
-	servers []*http.Server
+	servers []*httpserve.Server
 	addrs   map[string]net.Addr
 	wg      sync.WaitGroup
 	errs    chan error
@@ -95,7 +102,7 @@ func (s *Server) Start(ctx context.Context) error {
 	type bound struct {
 		name string
 		ln   net.Listener
-		h    http.Handler
+		h    httpserve.Handler
 	}
 	var bs []bound
 	closeAll := func() {
@@ -105,7 +112,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	for _, x := range []struct {
 		name, addr string
-		h          http.Handler
+		h          httpserve.Handler
 	}{
 		{"admin", s.cfg.AdminAddr, s.AdminHandler()},
 		{"stats", s.cfg.StatsAddr, s.StatsHandler()},
@@ -124,18 +131,22 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.addrs = make(map[string]net.Addr)
 	s.errs = make(chan error, len(bs))
-	s.servers = []*http.Server{}
+	s.servers = []*httpserve.Server{}
 	base := context.WithoutCancel(ctx)
 	for _, b := range bs {
-		srv := &http.Server{
-			Handler:           b.h,
-			ReadHeaderTimeout: 10 * time.Second,
-			BaseContext:       func(net.Listener) context.Context { return base },
+		var log *slog.Logger
+		if s.cfg.Log != nil {
+			log = s.cfg.Log.With("server", b.name)
 		}
+		srv := httpserve.New(b.h, httpserve.Config{
+			ReadHeaderTimeout: 10 * time.Second,
+			BaseContext:       base,
+			Log:               log,
+		})
 		s.servers = append(s.servers, srv)
 		s.addrs[b.name] = b.ln.Addr()
 		s.wg.Go(func() {
-			if err := srv.Serve(b.ln); !errors.Is(err, http.ErrServerClosed) {
+			if err := srv.Serve(b.ln); !errors.Is(err, httpserve.ErrServerClosed) {
 				err = fmt.Errorf("serving the %s server: %w", b.name, err)
 				if s.cfg.Log != nil {
 					s.cfg.Log.Error("admin server stopped", "server", b.name, "error", err)

@@ -10,7 +10,7 @@ import (
 
 // How the proxy reports one connection.
 func Example() {
-	m := metrics.New() // one per ztunnel; serve m.Handler() on :15020
+	m := metrics.New() // one per ztunnel; admin serves m.WriteText on :15020
 	log := slog.Default()
 
 	l := metrics.Labels{Reporter: metrics.ReporterDestination, ConnectionSecurityPolicy: metrics.SecurityMutualTLS}

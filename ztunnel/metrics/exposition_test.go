@@ -6,8 +6,6 @@ import (
 	"errors"
 	"flag"
 	"math"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -24,10 +22,12 @@ var update = flag.Bool("update", false, "rewrite testdata/*.golden")
 // replaced it, and unchanged since).
 func TestFamilies(t *testing.T) {
 	m := New()
-	rec := httptest.NewRecorder()
-	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	var scrape bytes.Buffer
+	if err := m.WriteText(&scrape); err != nil {
+		t.Fatal(err)
+	}
 	var got bytes.Buffer
-	sc := bufio.NewScanner(rec.Body)
+	sc := bufio.NewScanner(&scrape)
 	for sc.Scan() {
 		if strings.HasPrefix(sc.Text(), "# HELP istio_") || strings.HasPrefix(sc.Text(), "# TYPE istio_") {
 			got.WriteString(sc.Text() + "\n")
@@ -93,7 +93,7 @@ func TestExpositionParses(t *testing.T) {
 	m := New()
 	m.Open(fullLabels).AddSent(1)
 	m.DNS("", "").ObserveUpstream("aaaa", "tcp", time.Millisecond, nil)
-	mfs := testutil.ScrapeMetrics(t, m.Handler())
+	mfs := testutil.ScrapeMetrics(t, m.WriteText)
 	for _, name := range []string{"istio_tcp_sent_bytes_total", "istio_dns_upstream_request_duration_seconds",
 		"go_goroutines", "go_memstats_heap_inuse_bytes", "process_resident_memory_bytes", "process_cpu_seconds_total"} {
 		if len(mfs[name].GetMetric()) == 0 {

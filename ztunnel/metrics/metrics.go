@@ -7,14 +7,14 @@
 // The proxy calls [Metrics.Open] once per connection with its [Labels]; that resolves the
 // connection's counters once. [Conn.AddSent] and [Conn.AddReceived] then cost one uncontended
 // atomic add each; the bytes reach the counters when the connection closes and, for
-// long-lived connections, whenever [Metrics.Handler] is scraped.
+// long-lived connections, whenever the metrics are scraped ([Metrics.WriteText]).
 //
 // The exposition is internal/prom's, not client_golang's: ztunnel's resident memory is mostly
 // its binary's pages (issue #4), and client_golang cost 0.6 MB of them.
 package metrics
 
 import (
-	"net/http"
+	"io"
 	"sync"
 	"time"
 
@@ -54,14 +54,12 @@ func New() *Metrics {
 	return m
 }
 
-// Handler serves the registry in the Prometheus text format 0.0.4 (for /metrics and
-// /stats/prometheus), after moving the bytes of open connections into the counters.
-func (m *Metrics) Handler() http.Handler {
-	h := m.reg.Handler()
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		m.Flush()
-		h.ServeHTTP(w, r)
-	})
+// WriteText writes the registry in the Prometheus text format 0.0.4 (media type
+// prom.ContentType; admin serves it at /metrics and /stats/prometheus), after moving the
+// bytes of open connections into the counters.
+func (m *Metrics) WriteText(w io.Writer) error {
+	m.Flush()
+	return m.reg.WriteText(w)
 }
 
 // Flush moves the bytes counted by open connections into the counters.

@@ -1,9 +1,7 @@
 package metrics
 
 import (
-	"io"
-	"net/http"
-	"net/http/httptest"
+	"bytes"
 	"strings"
 	"sync"
 	"testing"
@@ -17,7 +15,7 @@ import (
 // find scrapes m and returns the metric name{labels}, or nil if there is none.
 func find(t *testing.T, m *Metrics, name string, labels map[string]string) *dto.Metric {
 	t.Helper()
-	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
+	for _, mf := range testutil.ScrapeMetrics(t, m.WriteText) {
 		if mf.GetName() != name {
 			continue
 		}
@@ -120,7 +118,7 @@ func TestLabels(t *testing.T) {
 					t.Errorf("%s%v: got %v (found %v), want 1", name, tt.want, got, ok)
 				}
 			}
-			for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
+			for _, mf := range testutil.ScrapeMetrics(t, m.WriteText) {
 				if mf.GetName() == "istio_tcp_connections_opened_total" {
 					if got := len(mf.GetMetric()[0].GetLabel()); got != len(labelNames) {
 						t.Errorf("label count: got %d, want %d", got, len(labelNames))
@@ -227,19 +225,13 @@ func TestNil(t *testing.T) {
 	}
 }
 
-func TestHandler(t *testing.T) {
+// A scrape flushes the bytes of open connections first.
+func TestWriteText(t *testing.T) {
 	m := New()
 	c := m.Open(fullLabels)
 	c.AddSent(42)
-	srv := httptest.NewServer(m.Handler())
-	defer srv.Close()
-	resp, err := http.Get(srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
+	var body bytes.Buffer
+	if err := m.WriteText(&body); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
@@ -248,7 +240,7 @@ func TestHandler(t *testing.T) {
 		"istio_tcp_connections_opened_total{",
 		"go_goroutines ",
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body.String(), want) {
 			t.Errorf("exposition: missing %q", want)
 		}
 	}

@@ -80,7 +80,7 @@ func TestMetricsRecorderDirections(t *testing.T) {
 	rec.AddResponse(7)
 	rec.Close(Outcome{Sent: 150, Received: 7})
 	got := map[string]float64{}
-	for _, mf := range testutil.ScrapeMetrics(t, m.Handler()) {
+	for _, mf := range testutil.ScrapeMetrics(t, m.WriteText) {
 		for _, mm := range mf.GetMetric() {
 			got[mf.GetName()] += counter(mm)
 		}
