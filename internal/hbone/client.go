@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -29,9 +28,9 @@ type StatusError struct {
 
 func (e *StatusError) Error() string {
 	if e.Message == "" {
-		return fmt.Sprintf("hbone: server answered %d %s", e.Code, http.StatusText(e.Code))
+		return fmt.Sprintf("hbone: server answered %d %s", e.Code, StatusText(e.Code))
 	}
-	return fmt.Sprintf("hbone: server answered %d %s: %s", e.Code, http.StatusText(e.Code), e.Message)
+	return fmt.Sprintf("hbone: server answered %d %s: %s", e.Code, StatusText(e.Code), e.Message)
 }
 
 // Source is the client side of a tunnel: the workload it speaks for.
@@ -57,7 +56,7 @@ type Target struct {
 	// SAN must be one of them.
 	Identities []identity.Identity
 	// Header holds extra request headers (forwarded, traceparent, baggage, ...).
-	Header http.Header
+	Header Header
 }
 
 // PoolConfig configures a Pool. The zero value is usable.
@@ -288,7 +287,7 @@ const maxMessage = 1 << 10
 func (c *conn) open(ctx context.Context, t *Target) (*Stream, error) {
 	fields := make([]hpack.HeaderField, 0, 2+len(t.Header))
 	fields = append(fields,
-		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
+		hpack.HeaderField{Name: ":method", Value: "CONNECT"},
 		hpack.HeaderField{Name: ":authority", Value: t.Authority.String()})
 	for k, vs := range t.Header {
 		k = strings.ToLower(k)
@@ -345,7 +344,7 @@ func (c *conn) open(ctx context.Context, t *Target) (*Stream, error) {
 	}
 	status := s.status
 	c.mu.Unlock()
-	if status == http.StatusOK {
+	if status == StatusOK {
 		return s, nil
 	}
 	// Collect the message body, bounded in size and by ctx.

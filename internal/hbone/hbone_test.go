@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -28,7 +27,7 @@ func TestRoundTrip(t *testing.T) {
 		echo(r)
 	})
 	tgt := e.target(8080)
-	tgt.Header = http.Header{"Forwarded": {`for="10.0.0.1:1234"`}, "Traceparent": {"00-abc-def-01"}}
+	tgt.Header = Header{"Forwarded": {`for="10.0.0.1:1234"`}, "Traceparent": {"00-abc-def-01"}}
 	s, err := e.pool.Dial(context.Background(), e.src, tgt)
 	if err != nil {
 		t.Fatal(err)
@@ -266,9 +265,9 @@ func TestStatuses(t *testing.T) {
 	e := newEnv(t, func(r *Request) {
 		switch r.Authority.Port() {
 		case 401:
-			r.Reject(http.StatusUnauthorized, "denied by policy ns/deny-all")
+			r.Reject(StatusUnauthorized, "denied by policy ns/deny-all")
 		case 503:
-			r.Reject(http.StatusServiceUnavailable, "no workload 127.0.0.1")
+			r.Reject(StatusServiceUnavailable, "no workload 127.0.0.1")
 		case 504:
 			// no answer: the library answers 503
 		default:

@@ -3,7 +3,6 @@ package hbone
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"net/netip"
 	"strings"
 
@@ -20,13 +19,13 @@ var errBadRequest = errors.New("bad HBONE request")
 // parseRequest validates a CONNECT request's header block and returns its
 // authority and regular headers (canonical keys). local is the outer socket's
 // local address, checked against the authority when checkLocal is set.
-func parseRequest(fields []hpack.HeaderField, local netip.Addr, checkLocal bool) (netip.AddrPort, http.Header, error) {
+func parseRequest(fields []hpack.HeaderField, local netip.Addr, checkLocal bool) (netip.AddrPort, Header, error) {
 	var method, authority string
 	var haveMethod, haveAuthority bool
-	hdr := make(http.Header, len(fields))
+	hdr := make(Header, len(fields))
 	for _, f := range fields {
 		if !strings.HasPrefix(f.Name, ":") {
-			hdr.Add(http.CanonicalHeaderKey(f.Name), f.Value)
+			hdr.Add(f.Name, f.Value)
 			continue
 		}
 		switch f.Name {
@@ -45,7 +44,7 @@ func parseRequest(fields []hpack.HeaderField, local netip.Addr, checkLocal bool)
 			return netip.AddrPort{}, nil, fmt.Errorf("%w: pseudo-header %s not allowed in CONNECT", errBadRequest, f.Name)
 		}
 	}
-	if method != http.MethodConnect {
+	if method != "CONNECT" {
 		return netip.AddrPort{}, nil, fmt.Errorf("%w: method %q, want CONNECT", errBadRequest, method)
 	}
 	ap, err := parseAuthority(authority)

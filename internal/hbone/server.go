@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -57,7 +56,7 @@ type Request struct {
 	Peer identity.Identity
 	// Header holds the regular request headers with canonical keys
 	// (Forwarded, Traceparent, Baggage, ...).
-	Header http.Header
+	Header Header
 	// LocalAddr and RemoteAddr are the outer connection's addresses.
 	LocalAddr, RemoteAddr net.Addr
 
@@ -74,7 +73,7 @@ func (r *Request) Accept() (*Stream, error) {
 	if err := r.answer(); err != nil {
 		return nil, err
 	}
-	if err := r.s.writeResponse(http.StatusOK, 0); err != nil {
+	if err := r.s.writeResponse(StatusOK, 0); err != nil {
 		r.s.Close()
 		return nil, fmt.Errorf("accept stream: %w", err)
 	}
@@ -121,7 +120,7 @@ func (s *Stream) writeResponse(status int, bodyLen int) error {
 			hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(bodyLen)})
 	}
 	c.lockWrite()
-	if err := c.writeHeadersLocked(s.id, fields, status != http.StatusOK && bodyLen == 0); err != nil {
+	if err := c.writeHeadersLocked(s.id, fields, status != StatusOK && bodyLen == 0); err != nil {
 		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return err
@@ -359,12 +358,12 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 		defer c.srv.wg.Done()
 		if perr != nil {
 			req.answered = true
-			s.reject(http.StatusBadRequest, perr.Error())
+			s.reject(StatusBadRequest, perr.Error())
 			return
 		}
 		c.srv.cfg.Handler(req)
 		if req.answer() == nil {
-			s.reject(http.StatusServiceUnavailable, "hbone handler did not answer")
+			s.reject(StatusServiceUnavailable, "hbone handler did not answer")
 		}
 	}()
 	return nil

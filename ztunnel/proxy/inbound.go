@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -113,9 +112,9 @@ func (px *Proxy) serveInbound(p *Pod, rc *Conn, c net.Conn, r *hbone.Request) {
 	rec := px.cfg.Recorder.Open(rc)
 	if err != nil {
 		if r != nil {
-			status := http.StatusServiceUnavailable
+			status := hbone.StatusServiceUnavailable
 			if errors.Is(err, errDenied) {
-				status = http.StatusUnauthorized
+				status = hbone.StatusUnauthorized
 			}
 			r.Reject(status, err.Error())
 		} else {
@@ -169,7 +168,7 @@ func (px *Proxy) admit(ctx context.Context, p *Pod, rc *Conn, a *authz.Conn) (ne
 }
 
 // forwardedFor reads the client address from the first Forwarded element's for= parameter.
-func forwardedFor(h http.Header) (netip.AddrPort, bool) {
+func forwardedFor(h hbone.Header) (netip.AddrPort, bool) {
 	first, _, _ := strings.Cut(h.Get("Forwarded"), ",")
 	for _, part := range strings.Split(first, ";") {
 		k, val, ok := strings.Cut(strings.TrimSpace(part), "=")

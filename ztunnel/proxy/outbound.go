@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"net/netip"
 	"strings"
 	"time"
@@ -123,8 +122,8 @@ func (px *Proxy) workloadIdentity(w *state.Workload) identity.Identity {
 }
 
 // requestHeader builds the CONNECT request's headers (DESIGN.md section 4).
-func (px *Proxy) requestHeader(rc *Conn) http.Header {
-	h := make(http.Header, 3)
+func (px *Proxy) requestHeader(rc *Conn) hbone.Header {
+	h := make(hbone.Header, 3)
 	fwd := fmt.Sprintf("for=%q", rc.Src.String())
 	if rc.DstService != nil {
 		fwd += ";host=" + rc.DstService.Hostname

@@ -3,12 +3,12 @@ package proxy
 import (
 	"io"
 	"net"
-	"net/http"
 	"net/netip"
 	"regexp"
 	"testing"
 
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/hbone"
 )
 
 func TestForwardedFor(t *testing.T) {
@@ -25,7 +25,7 @@ func TestForwardedFor(t *testing.T) {
 		{`for="10.1.2.3"`, ""},
 		{``, ""},
 	} {
-		h := http.Header{}
+		h := hbone.Header{}
 		if tc.header != "" {
 			h.Set("Forwarded", tc.header)
 		}
