@@ -13,7 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
@@ -247,7 +246,7 @@ func (p *Pool) Close() error {
 	}
 	p.mu.Unlock()
 	for _, c := range all {
-		c.shutdown(http2.ErrCodeNo, ErrPoolClosed)
+		c.shutdown(errCodeNo, ErrPoolClosed)
 	}
 	for _, c := range all {
 		c.wait()
@@ -369,21 +368,21 @@ func (c *conn) open(ctx context.Context, t *Target) (*Stream, error) {
 }
 
 // handleResponse handles HEADERS on the client.
-func (c *conn) handleResponse(f *http2.MetaHeadersFrame) error {
+func (c *conn) handleResponse(f *frame) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s := c.streams[f.StreamID]
+	s := c.streams[f.sid]
 	if s == nil {
-		if c.idleStreamLocked(f.StreamID) {
-			return connErr{http2.ErrCodeProtocol, "HEADERS on a stream we did not open"}
+		if c.idleStreamLocked(f.sid) {
+			return connErr{errCodeProtocol, "HEADERS on a stream we did not open"}
 		}
 		return nil
 	}
 	if !s.headersDone {
-		code, err := strconv.Atoi(f.PseudoValue("status"))
+		code, err := strconv.Atoi(f.pseudo("status"))
 		if err != nil || code < 100 || code > 999 {
-			s.resetLocked(fmt.Errorf("bad response :status %q", f.PseudoValue("status")))
-			c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeProtocol)})
+			s.resetLocked(fmt.Errorf("bad response :status %q", f.pseudo("status")))
+			c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeProtocol)})
 			return nil
 		}
 		if code < 200 {
@@ -391,7 +390,7 @@ func (c *conn) handleResponse(f *http2.MetaHeadersFrame) error {
 		}
 		s.status, s.headersDone = code, true
 	}
-	if f.StreamEnded() {
+	if f.has(flagEndStream) {
 		s.recvEnd = true
 		s.maybeDoneLocked()
 	}

@@ -3,7 +3,6 @@ package hbone
 import (
 	"bufio"
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
@@ -37,8 +35,6 @@ const (
 	readBufSize     = 64 << 10
 	writeBufSize    = 64 << 10
 )
-
-var clientPreface = []byte(http2.ClientPreface)
 
 // ErrConnClosed is returned by stream operations after the HBONE connection
 // carrying the stream has closed. The connection's own error is wrapped next to it.
@@ -88,13 +84,12 @@ type conn struct {
 	srv    *Server // server side only
 
 	br  *bufio.Reader
-	rfr *http2.Framer // reads non-DATA frames from br; used by the read loop only
+	rfr *frameReader // reads non-DATA frames from br; used by the read loop only
 
 	wwait        atomic.Int32 // goroutines waiting for wmu: the last one flushes
 	flushDue     atomic.Bool  // bw holds frames that unlockWriteSoon left for a flush
 	wmu          sync.Mutex   // wmu guards the fields below (the write side)
 	bw           *bufio.Writer
-	wfr          *http2.Framer
 	henc         *hpack.Encoder
 	hbuf         bytes.Buffer
 	hdr          [9]byte
@@ -154,11 +149,7 @@ func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *
 		ctlNotify:    make(chan struct{}, 1),
 		done:         make(chan struct{}),
 	}
-	c.rfr = http2.NewFramer(nil, c.br)
-	c.rfr.SetMaxReadFrameSize(maxFrameSize)
-	c.rfr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.rfr.MaxHeaderListSize = maxHeaderList
-	c.wfr = http2.NewFramer(c.bw, nil)
+	c.rfr = newFrameReader(c.br)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -167,20 +158,20 @@ func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *
 func (c *conn) start() error {
 	c.lockWrite()
 	if c.client {
-		c.bw.Write(clientPreface)
+		c.bw.WriteString(clientPreface)
 	}
-	settings := []http2.Setting{
-		{ID: http2.SettingMaxFrameSize, Val: maxFrameSize},
-		{ID: http2.SettingInitialWindowSize, Val: streamWindow},
-		{ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList},
+	settings := []setting{
+		{settingMaxFrameSize, maxFrameSize},
+		{settingInitialWindowSize, streamWindow},
+		{settingMaxHeaderListSize, maxHeaderList},
 	}
 	if c.client {
-		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+		settings = append(settings, setting{settingEnablePush, 0})
 	} else {
-		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.cfg.maxStreams})
+		settings = append(settings, setting{settingMaxConcurrentStreams, c.cfg.maxStreams})
 	}
-	c.wfr.WriteSettings(settings...)
-	c.wfr.WriteWindowUpdate(0, connWindow-initialWindow)
+	c.writeSettingsLocked(settings...)
+	c.writeWindowUpdateLocked(0, connWindow-initialWindow)
 	if err := c.unlockWrite(); err != nil {
 		return fmt.Errorf("write preface: %w", err)
 	}
@@ -264,16 +255,11 @@ func (c *conn) unlockWriteSoon() error {
 
 // writeDataLocked writes one DATA frame; wmu must be held.
 func (c *conn) writeDataLocked(sid uint32, p []byte, end bool) error {
-	h := &c.hdr
-	n := len(p)
-	h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
-	h[3] = byte(http2.FrameData)
-	h[4] = 0
+	var flags uint8
 	if end {
-		h[4] = byte(http2.FlagDataEndStream)
+		flags = flagEndStream
 	}
-	binary.BigEndian.PutUint32(h[5:], sid)
-	if _, err := c.bw.Write(h[:]); err != nil {
+	if err := c.writeFrameHeaderLocked(len(p), frameData, flags, sid); err != nil {
 		return err
 	}
 	_, err := c.bw.Write(p)
@@ -301,7 +287,7 @@ func (c *conn) writeHeadersLocked(sid uint32, fields []hpack.HeaderField, end bo
 		first = first[:maxFrame]
 	}
 	block = block[len(first):]
-	if err := c.wfr.WriteHeaders(http2.HeadersFrameParam{StreamID: sid, BlockFragment: first, EndStream: end, EndHeaders: len(block) == 0}); err != nil {
+	if err := c.writeHeaderFragmentLocked(sid, true, end, len(block) == 0, first); err != nil {
 		return err
 	}
 	for len(block) > 0 {
@@ -310,7 +296,7 @@ func (c *conn) writeHeadersLocked(sid uint32, fields []hpack.HeaderField, end bo
 			frag = frag[:maxFrame]
 		}
 		block = block[len(frag):]
-		if err := c.wfr.WriteContinuation(sid, len(block) == 0, frag); err != nil {
+		if err := c.writeHeaderFragmentLocked(sid, false, false, len(block) == 0, frag); err != nil {
 			return err
 		}
 	}
@@ -361,7 +347,7 @@ func (c *conn) ctlLoop() {
 			}
 			c.mu.Unlock()
 			if idle {
-				c.shutdown(http2.ErrCodeNo, errIdle)
+				c.shutdown(errCodeNo, errIdle)
 				return
 			}
 			if ping {
@@ -383,15 +369,15 @@ func (c *conn) ctlLoop() {
 			f := &q[i]
 			switch f.kind {
 			case ctlWindowUpdate:
-				err = c.wfr.WriteWindowUpdate(f.sid, f.val)
+				err = c.writeWindowUpdateLocked(f.sid, f.val)
 			case ctlRST:
-				err = c.wfr.WriteRSTStream(f.sid, http2.ErrCode(f.val))
+				err = c.writeRSTLocked(f.sid, errCode(f.val))
 			case ctlPing:
-				err = c.wfr.WritePing(false, f.data)
+				err = c.writePingLocked(false, f.data)
 			case ctlPingAck:
-				err = c.wfr.WritePing(true, f.data)
+				err = c.writePingLocked(true, f.data)
 			case ctlSettingsAck:
-				err = c.wfr.WriteSettingsAck()
+				err = c.writeSettingsAckLocked()
 			}
 			if err != nil {
 				break
@@ -417,7 +403,7 @@ func (c *conn) goAway() {
 	c.goaway = true
 	last := c.lastPeerID
 	c.mu.Unlock()
-	if err := c.wfr.WriteGoAway(last, http2.ErrCodeNo, nil); err != nil {
+	if err := c.writeGoAwayLocked(last, errCodeNo); err != nil {
 		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return
@@ -433,13 +419,13 @@ func (c *conn) goAway() {
 
 // shutdown sends GOAWAY (best effort: it does not wait behind a stuck writer)
 // and closes the connection.
-func (c *conn) shutdown(code http2.ErrCode, err error) {
+func (c *conn) shutdown(code errCode, err error) {
 	if c.wmu.TryLock() {
 		c.mu.Lock()
 		last := c.lastPeerID
 		c.mu.Unlock()
 		c.nc.SetWriteDeadline(time.Now().Add(time.Second))
-		if c.wfr.WriteGoAway(last, code, nil) == nil {
+		if c.writeGoAwayLocked(last, code) == nil {
 			c.bw.Flush()
 		}
 		if c.batch != nil {

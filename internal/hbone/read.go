@@ -5,20 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-
-	"golang.org/x/net/http2"
 )
 
 // The read side: one goroutine per connection reads frames, delivers DATA into
 // stream buffers and never blocks on the write lock (it queues what it must send).
-
-// connErr is a connection error: GOAWAY with code, then close.
-type connErr struct {
-	code http2.ErrCode
-	msg  string
-}
-
-func (e connErr) Error() string { return fmt.Sprintf("http2 %v: %s", e.code, e.msg) }
 
 func (c *conn) readLoop() {
 	defer c.wg.Done()
@@ -37,51 +27,41 @@ func (c *conn) readLoop() {
 func (c *conn) readFrames() error {
 	settingsSeen := false
 	for {
-		h, err := c.br.Peek(9)
+		hb, err := c.br.Peek(frameHeaderLen)
 		if err != nil {
 			return err
 		}
-		if http2.FrameType(h[3]) == http2.FrameData {
+		h := parseFrameHeader(hb)
+		c.br.Discard(frameHeaderLen)
+		if h.typ == frameData {
 			if !settingsSeen {
-				return connErr{http2.ErrCodeProtocol, "DATA before SETTINGS"}
+				return connErr{errCodeProtocol, "DATA before SETTINGS"}
 			}
-			length := uint32(h[0])<<16 | uint32(h[1])<<8 | uint32(h[2])
-			flags := http2.Flags(h[4])
-			sid := binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1)
-			c.br.Discard(9)
-			if err := c.readData(length, flags, sid); err != nil {
+			if err := c.readData(h.length, h.flags, h.sid); err != nil {
 				return err
 			}
 			continue
 		}
-		f, err := c.rfr.ReadFrame()
+		f, err := c.rfr.readFrame(h)
 		if err != nil {
-			var se http2.StreamError
+			var se streamErr
 			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, fmt.Errorf("stream error: %w", se))
-				if mh, ok := f.(*http2.MetaHeadersFrame); ok && !c.client {
+				c.resetStream(se.sid, se.code, fmt.Errorf("stream error: %w", se))
+				if f.typ == frameHeaders && !c.client {
 					c.mu.Lock()
-					c.lastPeerID = max(c.lastPeerID, mh.StreamID)
+					c.lastPeerID = max(c.lastPeerID, f.sid)
 					c.mu.Unlock()
 				}
 				continue
 			}
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				return connErr{http2.ErrCode(ce), err.Error()}
-			}
-			if errors.Is(err, http2.ErrFrameTooLarge) {
-				return connErr{http2.ErrCodeFrameSize, err.Error()}
-			}
 			return err
 		}
 		if !settingsSeen {
-			if ga, ok := f.(*http2.GoAwayFrame); ok {
-				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", ga.ErrCode, ga.DebugData())
+			if f.typ == frameGoAway {
+				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", errCode(binary.BigEndian.Uint32(f.payload[4:])), f.payload[8:])
 			}
-			sf, ok := f.(*http2.SettingsFrame)
-			if !ok || sf.IsAck() {
-				return connErr{http2.ErrCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.Header())}
+			if f.typ != frameSettings || f.has(flagAck) {
+				return connErr{errCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.frameHeader)}
 			}
 			settingsSeen = true
 		}
@@ -91,47 +71,50 @@ func (c *conn) readFrames() error {
 	}
 }
 
-func (c *conn) handleFrame(f http2.Frame) error {
-	switch f := f.(type) {
-	case *http2.SettingsFrame:
+func (c *conn) handleFrame(f *frame) error {
+	switch f.typ {
+	case frameSettings:
 		return c.handleSettings(f)
-	case *http2.MetaHeadersFrame:
+	case frameHeaders:
 		return c.handleHeaders(f)
-	case *http2.WindowUpdateFrame:
-		return c.handleWindowUpdate(f)
-	case *http2.PingFrame:
-		if f.IsAck() {
+	case frameWindowUpdate:
+		return c.handleWindowUpdate(f.sid, binary.BigEndian.Uint32(f.payload)&(1<<31-1))
+	case framePing:
+		if f.has(flagAck) {
 			c.mu.Lock()
 			c.pingOut = false
 			c.mu.Unlock()
 			return nil
 		}
-		c.queue(ctlFrame{kind: ctlPingAck, data: f.Data})
-	case *http2.RSTStreamFrame:
+		c.queue(ctlFrame{kind: ctlPingAck, data: [8]byte(f.payload)})
+	case frameRSTStream:
+		code := errCode(binary.BigEndian.Uint32(f.payload))
 		c.mu.Lock()
-		s := c.streams[f.StreamID]
+		s := c.streams[f.sid]
 		if s != nil {
-			s.resetLocked(fmt.Errorf("%w by peer: %v", ErrStreamReset, f.ErrCode))
-		} else if c.idleStreamLocked(f.StreamID) {
+			s.resetLocked(fmt.Errorf("%w by peer: %v", ErrStreamReset, code))
+		} else if c.idleStreamLocked(f.sid) {
 			c.mu.Unlock()
-			return connErr{http2.ErrCodeProtocol, "RST_STREAM on idle stream"}
+			return connErr{errCodeProtocol, "RST_STREAM on idle stream"}
 		}
 		c.mu.Unlock()
-	case *http2.GoAwayFrame:
+	case frameGoAway:
+		last := binary.BigEndian.Uint32(f.payload) & (1<<31 - 1)
+		code := errCode(binary.BigEndian.Uint32(f.payload[4:]))
 		c.mu.Lock()
 		c.goaway = true
 		for id, s := range c.streams {
-			if c.client && id > f.LastStreamID {
-				s.resetLocked(fmt.Errorf("open stream: %w (GOAWAY %v)", errGoAway, f.ErrCode))
+			if c.client && id > last {
+				s.resetLocked(fmt.Errorf("open stream: %w (GOAWAY %v)", errGoAway, code))
 			}
 		}
 		empty := len(c.streams) == 0
 		c.mu.Unlock()
 		if empty {
-			c.closeWith(fmt.Errorf("peer sent GOAWAY %v: %q", f.ErrCode, f.DebugData()))
+			c.closeWith(fmt.Errorf("peer sent GOAWAY %v: %q", code, f.payload[8:]))
 		}
-	case *http2.PushPromiseFrame:
-		return connErr{http2.ErrCodeProtocol, "PUSH_PROMISE"}
+	case framePushPromise:
+		return connErr{errCodeProtocol, "PUSH_PROMISE"}
 	}
 	// PRIORITY and unknown frames are ignored.
 	return nil
@@ -145,71 +128,64 @@ func (c *conn) idleStreamLocked(sid uint32) bool {
 	return sid > c.lastPeerID
 }
 
-func (c *conn) handleSettings(f *http2.SettingsFrame) error {
-	if f.IsAck() {
+func (c *conn) handleSettings(f *frame) error {
+	if f.has(flagAck) {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			var ce http2.ConnectionError
-			if errors.As(err, &ce) {
-				return connErr{http2.ErrCode(ce), err.Error()}
-			}
+	for p := f.payload; len(p) >= 6; p = p[6:] {
+		s := setting{settingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])}
+		if err := s.check(); err != nil {
 			return err
 		}
-		switch s.ID {
-		case http2.SettingMaxFrameSize:
-			c.peerMaxFrame = min(s.Val, maxFrameSize)
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - c.peerInitWin
-			c.peerInitWin = int64(s.Val)
+		switch s.id {
+		case settingMaxFrameSize:
+			c.peerMaxFrame = min(s.val, maxFrameSize)
+		case settingInitialWindowSize:
+			delta := int64(s.val) - c.peerInitWin
+			c.peerInitWin = int64(s.val)
 			for _, st := range c.streams {
 				st.sendWin += delta
 				if st.sendWin > maxWindow {
-					return connErr{http2.ErrCodeFlowControl, "window overflow"}
+					return connErr{errCodeFlowControl, "window overflow"}
 				}
 				st.cond.Broadcast()
 			}
-		case http2.SettingMaxConcurrentStreams:
-			c.peerMaxStr = s.Val
-		case http2.SettingHeaderTableSize:
-			c.peerTable = min(s.Val, 4096)
+		case settingMaxConcurrentStreams:
+			c.peerMaxStr = s.val
+		case settingHeaderTableSize:
+			c.peerTable = min(s.val, 4096)
 		}
-		return nil
-	})
-	if err != nil {
-		return err
 	}
 	c.queue(ctlFrame{kind: ctlSettingsAck})
 	return nil
 }
 
-func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
+func (c *conn) handleWindowUpdate(sid, incr uint32) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if f.StreamID == 0 {
-		c.sendWin += int64(f.Increment)
+	if sid == 0 {
+		c.sendWin += int64(incr)
 		if c.sendWin > maxWindow {
-			return connErr{http2.ErrCodeFlowControl, "connection window overflow"}
+			return connErr{errCodeFlowControl, "connection window overflow"}
 		}
 		for _, s := range c.streams {
 			s.cond.Broadcast()
 		}
 		return nil
 	}
-	s := c.streams[f.StreamID]
+	s := c.streams[sid]
 	if s == nil {
-		if c.idleStreamLocked(f.StreamID) {
-			return connErr{http2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
+		if c.idleStreamLocked(sid) {
+			return connErr{errCodeProtocol, "WINDOW_UPDATE on idle stream"}
 		}
 		return nil
 	}
-	s.sendWin += int64(f.Increment)
+	s.sendWin += int64(incr)
 	if s.sendWin > maxWindow {
 		s.resetLocked(errors.New("peer overflowed the stream window"))
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeFlowControl)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeFlowControl)})
 		return nil
 	}
 	s.cond.Broadcast()
@@ -217,7 +193,7 @@ func (c *conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 }
 
 // resetStream sends RST_STREAM for sid and fails the stream locally.
-func (c *conn) resetStream(sid uint32, code http2.ErrCode, err error) {
+func (c *conn) resetStream(sid uint32, code errCode, err error) {
 	c.mu.Lock()
 	if s := c.streams[sid]; s != nil {
 		s.resetLocked(err)
@@ -228,18 +204,18 @@ func (c *conn) resetStream(sid uint32, code http2.ErrCode, err error) {
 
 // readData reads one DATA frame's payload (after its header) straight into the
 // stream's receive buffer.
-func (c *conn) readData(length uint32, flags http2.Flags, sid uint32) error {
+func (c *conn) readData(length uint32, flags uint8, sid uint32) error {
 	if sid == 0 {
-		return connErr{http2.ErrCodeProtocol, "DATA on stream 0"}
+		return connErr{errCodeProtocol, "DATA on stream 0"}
 	}
 	if length > maxFrameSize {
-		return connErr{http2.ErrCodeFrameSize, "DATA frame too large"}
+		return connErr{errCodeFrameSize, "DATA frame too large"}
 	}
 	payload := length
 	var pad uint32
-	if flags.Has(http2.FlagDataPadded) {
+	if flags&flagPadded != 0 {
 		if length == 0 {
-			return connErr{http2.ErrCodeProtocol, "padded DATA without pad length"}
+			return connErr{errCodeProtocol, "padded DATA without pad length"}
 		}
 		b, err := c.br.ReadByte()
 		if err != nil {
@@ -248,30 +224,30 @@ func (c *conn) readData(length uint32, flags http2.Flags, sid uint32) error {
 		pad = uint32(b)
 		payload--
 		if pad > payload {
-			return connErr{http2.ErrCodeProtocol, "pad longer than DATA payload"}
+			return connErr{errCodeProtocol, "pad longer than DATA payload"}
 		}
 		payload -= pad
 	}
-	end := flags.Has(http2.FlagDataEndStream)
+	end := flags&flagEndStream != 0
 
 	c.mu.Lock()
 	if int64(length) > c.recvWin {
 		c.mu.Unlock()
-		return connErr{http2.ErrCodeFlowControl, "peer overran the connection window"}
+		return connErr{errCodeFlowControl, "peer overran the connection window"}
 	}
 	c.recvWin -= int64(length)
 	s := c.streams[sid]
-	var code http2.ErrCode
+	var code errCode
 	switch {
 	case s == nil && c.idleStreamLocked(sid):
 		c.mu.Unlock()
-		return connErr{http2.ErrCodeProtocol, "DATA on idle stream"}
+		return connErr{errCodeProtocol, "DATA on idle stream"}
 	case s == nil:
 		// Closed or reset: drop it, but keep the connection window whole.
 	case s.recvEnd || !s.readable():
-		code = http2.ErrCodeStreamClosed
+		code = errCodeStreamClose
 	case int64(length) > s.recvWin:
-		code = http2.ErrCodeFlowControl
+		code = errCodeFlowControl
 	}
 	if s == nil || code != 0 {
 		c.creditConnLocked(int64(length))

@@ -12,7 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
@@ -145,7 +144,7 @@ func (s *Stream) reject(status int, msg string) error {
 	s.sentEnd = true
 	if !s.recvEnd && s.resetErr == nil && err == nil {
 		// Tell the client to stop sending (RFC 9113 section 8.1).
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeNo)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeNo)})
 	}
 	s.closed = true
 	c.creditConnLocked(int64(s.rb.discard()))
@@ -288,8 +287,8 @@ func (s *Server) serveConn(nc net.Conn) {
 	c.batch = bc
 	c.srv = s
 	// The preface is read under the handshake deadline.
-	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != http2.ClientPreface {
+	var preface [len(clientPreface)]byte
+	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != clientPreface {
 		tc.Close()
 		return
 	}
@@ -312,15 +311,15 @@ func (s *Server) serveConn(nc net.Conn) {
 }
 
 // handleHeaders handles a HEADERS frame.
-func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
+func (c *conn) handleHeaders(f *frame) error {
 	if c.client {
 		return c.handleResponse(f)
 	}
-	sid := f.StreamID
+	sid := f.sid
 	c.mu.Lock()
 	if s := c.streams[sid]; s != nil {
 		// Trailers: only END_STREAM matters.
-		if f.StreamEnded() {
+		if f.has(flagEndStream) {
 			s.recvEnd = true
 			s.maybeDoneLocked()
 			s.cond.Broadcast()
@@ -331,27 +330,27 @@ func (c *conn) handleHeaders(f *http2.MetaHeadersFrame) error {
 	if sid%2 == 0 || sid <= c.lastPeerID {
 		c.mu.Unlock()
 		if sid%2 == 0 {
-			return connErr{http2.ErrCodeProtocol, "HEADERS on an even stream id"}
+			return connErr{errCodeProtocol, "HEADERS on an even stream id"}
 		}
-		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(http2.ErrCodeStreamClosed)})
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(errCodeStreamClose)})
 		return nil
 	}
 	c.lastPeerID = sid
 	if c.goaway || uint32(len(c.streams)) >= c.cfg.maxStreams {
 		c.mu.Unlock()
-		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(http2.ErrCodeRefusedStream)})
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(errCodeRefused)})
 		return nil
 	}
 	s := newStream(c, sid)
-	s.recvEnd = f.StreamEnded()
+	s.recvEnd = f.has(flagEndStream)
 	c.streams[sid] = s
 	c.mu.Unlock()
 
 	local := addrOf(c.nc.LocalAddr())
-	ap, hdr, perr := parseRequest(f.Fields, local, c.srv.cfg.RequireLocalAuthority)
+	ap, hdr, perr := parseRequest(f.fields, local, c.srv.cfg.RequireLocalAuthority)
 	req := &Request{Authority: ap, Peer: c.peer, Header: hdr, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), s: s}
 	if !c.srv.track(1) {
-		c.resetStream(sid, http2.ErrCodeRefusedStream, ErrServerClosed)
+		c.resetStream(sid, errCodeRefused, ErrServerClosed)
 		return nil
 	}
 	go func() {
@@ -429,7 +428,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.shutdown(http2.ErrCodeNo, ErrServerClosed)
+		c.shutdown(errCodeNo, ErrServerClosed)
 	}
 	s.wg.Wait()
 	return nil

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
-
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
@@ -245,7 +243,7 @@ func (s *Stream) Close() error {
 	}
 	s.closed = true
 	if abort && s.resetErr == nil && !(s.recvEnd && s.sentEnd) {
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(http2.ErrCodeCancel)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeCancel)})
 		s.resetErr = net.ErrClosed
 	}
 	c.creditConnLocked(int64(s.rb.discard()))
