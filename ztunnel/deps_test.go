@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +22,7 @@ func TestLinksNoHeavyPackages(t *testing.T) {
 	defer cancel()
 	// The tags of the Makefile's builds, whatever GOFLAGS this test runs with.
 	var stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, goTool, "list", "-deps", "-tags=grpcnotrace", ".")
+	cmd := exec.CommandContext(ctx, goTool, "list", "-deps", "-tags=grpcnotrace", "-f", "{{.ImportPath}}{{range .Imports}} {{.}}{{end}}", ".")
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -36,11 +37,29 @@ func TestLinksNoHeavyPackages(t *testing.T) {
 		{"google.golang.org/grpc", "grpc-go is ~1 MB of binary; ztunnel calls istiod-lite with internal/grpcwire (api/ca's generated service links it: encode the CA messages by hand, as ztunnel/certs does)"},
 		{"github.com/prometheus/", "client_golang with its model, expfmt and procfs is ~0.5 MB; ztunnel/metrics writes the exposition with internal/prom (tests may still parse it with expfmt)"},
 	}
-	for _, pkg := range strings.Fields(string(out)) {
+	// Exact names: their subpackages (x/net/http2/hpack) are fine.
+	bannedExact := map[string]string{
+		"golang.org/x/net/http2": "it imports net/http; internal/hbone frames HTTP/2 itself (x/net/http2/hpack alone is fine)",
+	}
+	// Who may import net/http: with its HTTP/2 bundle, idna and mime it is about 1 MB of
+	// binary. The admin, metrics and readiness ports are served by internal/httpserve.
+	netHTTPImporters := map[string]bool{"github.com/ambit-mesh/ambit/internal/grpcwire": true}
+	for line := range strings.Lines(string(out)) {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		pkg, imports := f[0], f[1:]
 		for _, b := range banned {
 			if strings.HasPrefix(pkg, b.prefix) {
 				t.Errorf("ztunnel links %s: %s (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}' ./ztunnel)", pkg, b.why)
 			}
+		}
+		if why, ok := bannedExact[pkg]; ok {
+			t.Errorf("ztunnel links %s: %s (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}' ./ztunnel)", pkg, why)
+		}
+		if slices.Contains(imports, "net/http") && !netHTTPImporters[pkg] {
+			t.Errorf("%s imports net/http, which is about 1 MB of ztunnel's binary: serve HTTP with internal/httpserve", pkg)
 		}
 	}
 }
