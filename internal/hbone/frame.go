@@ -61,7 +61,6 @@ type errCode uint32
 const (
 	errCodeNo          errCode = 0x0
 	errCodeProtocol    errCode = 0x1
-	errCodeInternal    errCode = 0x2
 	errCodeFlowControl errCode = 0x3
 	errCodeStreamClose errCode = 0x5
 	errCodeFrameSize   errCode = 0x6

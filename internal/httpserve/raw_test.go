@@ -151,7 +151,7 @@ func TestRawPipelined(t *testing.T) {
 	}
 	got := string(b)
 	i, j, k := strings.Index(got, "2:hi"), strings.Index(got, "hello 2"), strings.Index(got, "hello 3")
-	if strings.Count(got, "HTTP/1.1 200 OK") != 3 || !(i >= 0 && i < j && j < k) {
+	if strings.Count(got, "HTTP/1.1 200 OK") != 3 || i < 0 || i >= j || j >= k {
 		t.Errorf("got %q, want three answers in order", got)
 	}
 }
@@ -292,5 +292,26 @@ func TestRawExpectContinue(t *testing.T) {
 			t.Errorf("%s: got %q, want the body echoed", tt.path, got)
 		}
 		conn.Close()
+	}
+}
+
+// An HTTP/1.0 client gets a long body delimited by the connection's end, not chunked.
+func TestRawHTTP10Stream(t *testing.T) {
+	_, addr := start(t, testMux().Serve, Config{})
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	io.WriteString(conn, "GET /big HTTP/1.0\r\n\r\n")
+	conn.SetReadDeadline(time.Now().Add(testTimeout))
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, body, _ := strings.Cut(string(b), "\r\n\r\n")
+	if !strings.HasPrefix(head, "HTTP/1.1 200 OK") || strings.Contains(head, "Transfer-Encoding") ||
+		strings.Contains(head, "Content-Length") || !strings.Contains(head, "Connection: close") || len(body) != 103000 {
+		t.Errorf("got header %q and %d bytes, want a close-delimited body of 103000", head, len(body))
 	}
 }

@@ -184,17 +184,15 @@ func addHeaderField(h textproto.MIMEHeader, line []byte) error {
 	return nil
 }
 
-// checkHeader reads what the server itself acts on: Connection, Content-Length,
+// checkHeader reads the fields the server itself acts on: Connection, Content-Length,
 // Transfer-Encoding and Expect.
 func (r *Request) checkHeader(maxBody int64) error {
+	// An HTTP/1.0 client's "Connection: keep-alive" is not honoured: such connections close
+	// after one answer, which every client handles.
 	for _, v := range r.Header["Connection"] {
 		for opt := range strings.SplitSeq(v, ",") {
-			switch opt = strings.TrimSpace(opt); {
-			case strings.EqualFold(opt, "close"):
+			if strings.EqualFold(strings.TrimSpace(opt), "close") {
 				r.closeAfter = true
-			case strings.EqualFold(opt, "keep-alive") && r.Proto == "HTTP/1.0":
-				// An HTTP/1.0 keep-alive would need this server to answer it in kind; it
-				// closes instead, which every client handles.
 			}
 		}
 	}

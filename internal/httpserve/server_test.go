@@ -99,6 +99,8 @@ func TestNetHTTPClient(t *testing.T) {
 		{"GET", "/nobody", "", 204, "", nil},
 		{"GET", "/files/a/b", "", 200, "file a/b", nil},
 		{"GET", "/files/special", "", 200, "special", nil},
+		{"GET", "/files/a%20b%2Fc", "", 200, "file a b/c", nil},
+		{"HEAD", "/big", "", 200, "", map[string]string{"Content-Length": ""}},
 		{"GET", "/files/", "", 404, "/files/: no such endpoint\n", nil},
 		{"GET", "/nope", "", 404, "/nope: no such endpoint\n", nil},
 		{"DELETE", "/hello", "", 405, "/hello: method DELETE not allowed; use GET or HEAD\n", map[string]string{"Allow": "GET, HEAD"}},
