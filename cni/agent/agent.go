@@ -27,7 +27,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/zds"
@@ -109,7 +108,7 @@ type Agent struct {
 type member struct {
 	key    string // namespace/name
 	pod    redirect.Pod
-	info   *zdspb.WorkloadInfo
+	info   *zds.WorkloadInfo
 	nsFile *os.File // the agent's own reference to the pod netns (pod.Netns points at it)
 	// bypassed: a fail-open pod whose redirection and ZDS record are removed while ztunnel
 	// is gone (failopen.go).

@@ -23,7 +23,6 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/netns"
@@ -79,14 +78,14 @@ type ztunnel struct {
 	refuse string // the add of this UID fails
 }
 
-func (z *ztunnel) AddWorkload(_ context.Context, uid string, info *zdspb.WorkloadInfo, h *netns.Handle) error {
+func (z *ztunnel) AddWorkload(_ context.Context, uid string, info *zds.WorkloadInfo, h *netns.Handle) error {
 	h.Close()
 	z.mu.Lock()
 	defer z.mu.Unlock()
 	if uid == z.refuse {
 		return fmt.Errorf("pod %s refused by the test", uid)
 	}
-	z.pods[uid] = info.GetNamespace() + "/" + info.GetName()
+	z.pods[uid] = info.Namespace + "/" + info.Name
 	z.log = append(z.log, "add "+uid)
 	return nil
 }

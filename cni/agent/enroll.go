@@ -20,7 +20,6 @@ import (
 
 	"istio.io/api/annotation"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/after"
 	"github.com/ambit-mesh/ambit/internal/zds"
@@ -233,7 +232,7 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 	rp := redirect.Pod{
 		UID: uid, Namespace: pod.Namespace, Name: pod.Name, Netns: fdPath, IPs: ips,
 	}
-	info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
+	info := &zds.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
 	handOver := func() error {
 		step := time.Now()
 		defer func() { steps.ztunnel = time.Since(step) }()
@@ -432,7 +431,7 @@ func (a *Agent) recover(ctx context.Context) {
 			continue
 		}
 		uid, key := string(pod.UID), pod.Namespace+"/"+pod.Name
-		info := &zdspb.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
+		info := &zds.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
 		m := &member{key: key, info: info, pod: redirect.Pod{UID: uid, Namespace: pod.Namespace, Name: pod.Name, IPs: podIPs(pod)}}
 		var zf *os.File
 		if pid, err := findPodProcess(a.cfg.ProcRoot, uid); err == nil {

@@ -14,7 +14,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/agentapi"
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/zds"
@@ -131,7 +130,7 @@ type orderedZtunnel struct {
 	b    *recordingBackend
 }
 
-func (z *orderedZtunnel) AddWorkload(_ context.Context, uid string, _ *zdspb.WorkloadInfo, h *netns.Handle) error {
+func (z *orderedZtunnel) AddWorkload(_ context.Context, uid string, _ *zds.WorkloadInfo, h *netns.Handle) error {
 	h.Close()
 	z.b.record(z.name + " add " + uid)
 	return nil

@@ -15,7 +15,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/sockopt"
@@ -30,7 +29,7 @@ type listeningZtunnel struct {
 	wg  sync.WaitGroup
 }
 
-func (z *listeningZtunnel) AddWorkload(ctx context.Context, uid string, _ *zdspb.WorkloadInfo, h *netns.Handle) error {
+func (z *listeningZtunnel) AddWorkload(ctx context.Context, uid string, _ *zds.WorkloadInfo, h *netns.Handle) error {
 	defer h.Close()
 	ln, err := h.Listen(ctx, sockopt.ListenConfig(), "tcp4", fmt.Sprintf("0.0.0.0:%d", redirect.OutboundPort))
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
@@ -21,7 +20,7 @@ type Handler interface {
 	// error ends the connection (RunClient reconnects).
 	Connected(ctx context.Context) error
 	// AddWorkload starts proxying a pod; the handler owns netns from then on (also on error).
-	AddWorkload(ctx context.Context, uid string, info *zdspb.WorkloadInfo, netns *netns.Handle) error
+	AddWorkload(ctx context.Context, uid string, info *WorkloadInfo, netns *netns.Handle) error
 	// KeepWorkload keeps a pod ztunnel already proxies (sent during the replay after a connect).
 	KeepWorkload(ctx context.Context, uid string) error
 	// DelWorkload stops proxying a pod.
@@ -81,7 +80,7 @@ func serveOnce(ctx context.Context, path string, h Handler) (helloSent bool, err
 	if err := h.Connected(ctx); err != nil {
 		return false, fmt.Errorf("starting a ZDS connection: %w", err)
 	}
-	if err := writePacket(c, &zdspb.ZdsHello{Version: zdspb.Version_V1}, -1); err != nil {
+	if err := writePacket(c, "ZdsHello", marshalHello(), -1); err != nil {
 		return false, err
 	}
 	for {
@@ -95,8 +94,7 @@ func serveOnce(ctx context.Context, path string, h Handler) (helloSent bool, err
 		default:
 			reply = errString(handle(ctx, h, b, fds))
 		}
-		ack := &zdspb.WorkloadResponse{Payload: &zdspb.WorkloadResponse_Ack{Ack: &zdspb.Ack{Error: reply}}}
-		if err := writePacket(c, ack, -1); err != nil {
+		if err := writePacket(c, "Ack", marshalAck(reply), -1); err != nil {
 			return true, err
 		}
 	}
@@ -109,26 +107,26 @@ func handle(ctx context.Context, h Handler, b []byte, fds []int) error {
 		closeFds(fds)
 		return err
 	}
-	if add := req.GetAdd(); add != nil {
+	if req.Kind == RequestAdd {
 		if len(fds) != 1 {
 			closeFds(fds)
-			return fmt.Errorf("%w: AddWorkload %s carries %d file descriptors; expected its netns", ErrMalformed, add.Uid, len(fds))
+			return fmt.Errorf("%w: AddWorkload %s carries %d file descriptors; expected its netns", ErrMalformed, req.UID, len(fds))
 		}
 		if err := checkNetns(fds[0]); err != nil {
 			unix.Close(fds[0])
-			return fmt.Errorf("AddWorkload %s: %w", add.Uid, err)
+			return fmt.Errorf("AddWorkload %s: %w", req.UID, err)
 		}
-		return h.AddWorkload(ctx, add.Uid, add.WorkloadInfo, netns.FromFd(fds[0], "netns-"+add.Uid))
+		return h.AddWorkload(ctx, req.UID, req.Info, netns.FromFd(fds[0], "netns-"+req.UID))
 	}
 	closeFds(fds)
 	if len(fds) > 0 {
 		return fmt.Errorf("%w: only AddWorkload carries a file descriptor", ErrMalformed)
 	}
-	switch p := req.Payload.(type) {
-	case *zdspb.WorkloadRequest_Keep:
-		return h.KeepWorkload(ctx, p.Keep.Uid)
-	case *zdspb.WorkloadRequest_Del:
-		return h.DelWorkload(ctx, p.Del.Uid)
+	switch req.Kind {
+	case RequestKeep:
+		return h.KeepWorkload(ctx, req.UID)
+	case RequestDel:
+		return h.DelWorkload(ctx, req.UID)
 	default: // SnapshotSent; DecodeRequest admits nothing else
 		return h.SnapshotSent(ctx)
 	}

@@ -11,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 )
 
 // ErrNotConnected is wrapped by Server.Add when no ztunnel is connected to take the pod.
@@ -27,7 +25,7 @@ const helloTimeout = 5 * time.Second
 // Workload is one enrolled pod as the server keeps it.
 type Workload struct {
 	UID  string
-	Info *zdspb.WorkloadInfo
+	Info *WorkloadInfo
 	// Netns is the pod's network namespace; the server owns it after Add. nil when the agent
 	// cannot open it (a pod found running after the agent restarted): such a pod is replayed
 	// as KeepWorkload, and Add sends nothing for it.
@@ -110,7 +108,7 @@ func (s *Server) Del(ctx context.Context, uid string) error {
 		w.Netns.Close()
 	}
 	delete(s.workloads, uid)
-	req := &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_Del{Del: &zdspb.DelWorkload{Uid: uid}}}
+	req := &Request{Kind: RequestDel, UID: uid}
 	var errs []error
 	for _, sc := range s.conns {
 		if !sc.live() {
@@ -169,7 +167,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	b, fds, err := readPacket(c)
 	closeFds(fds)
 	if err == nil {
-		_, err = DecodeHello(b)
+		err = DecodeHello(b)
 	}
 	if err != nil {
 		log.Warn("ztunnel connection closed: no valid hello", "err", err)
@@ -177,7 +175,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
 	}
 	c.SetReadDeadline(time.Time{})
 
-	sc := &serverConn{c: c, acks: make(chan *zdspb.Ack, 1), done: make(chan struct{}), log: log}
+	sc := &serverConn{c: c, acks: make(chan string, 1), done: make(chan struct{}), log: log}
 	var wg sync.WaitGroup
 	wg.Go(func() { sc.readAcks(s) })
 	defer wg.Wait()
@@ -214,7 +212,7 @@ func (s *Server) replay(ctx context.Context, sc *serverConn) error {
 		if w.Netns != nil {
 			fd = int(w.Netns.Fd())
 		} else {
-			req = &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_Keep{Keep: &zdspb.KeepWorkload{Uid: uid}}}
+			req = &Request{Kind: RequestKeep, UID: uid}
 		}
 		if err := sc.request(ctx, req, fd, s.ackTimeout); err != nil {
 			// ztunnel refused one pod: say so, and keep replaying the others.
@@ -224,7 +222,7 @@ func (s *Server) replay(ctx context.Context, sc *serverConn) error {
 			sc.log.Warn("ztunnel refused a replayed pod", "uid", uid, "err", err)
 		}
 	}
-	snap := &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_SnapshotSent{SnapshotSent: &zdspb.SnapshotSent{}}}
+	snap := &Request{Kind: RequestSnapshotSent}
 	if err := sc.request(ctx, snap, -1, s.ackTimeout); err != nil {
 		return fmt.Errorf("sending SnapshotSent: %w", err)
 	}
@@ -250,16 +248,16 @@ func (s *Server) newest() *serverConn {
 	return nil
 }
 
-func addRequest(w *Workload) *zdspb.WorkloadRequest {
-	return &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_Add{Add: &zdspb.AddWorkload{Uid: w.UID, WorkloadInfo: w.Info}}}
+func addRequest(w *Workload) *Request {
+	return &Request{Kind: RequestAdd, UID: w.UID, Info: w.Info}
 }
 
 // serverConn is one ztunnel connection after its hello.
 type serverConn struct {
 	c    *net.UnixConn
 	log  *slog.Logger
-	acks chan *zdspb.Ack // filled by readAcks, one outstanding request at a time
-	done chan struct{}   // closed when readAcks ends; err is set before
+	acks chan string   // Ack errors, filled by readAcks, one outstanding request at a time
+	done chan struct{} // closed when readAcks ends; err is set before
 	err  error
 	// listed is whether this connection is counted in Server.ready.
 	listed atomic.Bool
@@ -287,7 +285,7 @@ func (sc *serverConn) readAcks(s *Server) {
 	for {
 		b, fds, err := readPacket(sc.c)
 		closeFds(fds)
-		var ack *zdspb.Ack
+		var ack string
 		if err == nil {
 			ack, err = DecodeResponse(b)
 		}
@@ -308,16 +306,16 @@ func (sc *serverConn) readAcks(s *Server) {
 
 // request sends one request and waits for its Ack. A connection that does not answer in time
 // is closed: a late Ack would otherwise answer the next request.
-func (sc *serverConn) request(ctx context.Context, req *zdspb.WorkloadRequest, fd int, timeout time.Duration) error {
-	if err := writePacket(sc.c, req, fd); err != nil {
+func (sc *serverConn) request(ctx context.Context, req *Request, fd int, timeout time.Duration) error {
+	if err := writePacket(sc.c, req.Kind.String(), req.Marshal(), fd); err != nil {
 		return err
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
 	case ack := <-sc.acks:
-		if ack.Error != "" {
-			return fmt.Errorf("ztunnel refused: %s", ack.Error)
+		if ack != "" {
+			return fmt.Errorf("ztunnel refused: %s", ack)
 		}
 		return nil
 	case <-sc.done:

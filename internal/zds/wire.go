@@ -1,8 +1,8 @@
 // Package zds implements ZDS, the node-local protocol over which the CNI node agent hands
 // enrolled pods' network namespaces to ztunnel (DESIGN.md section 5): a Unix SOCK_SEQPACKET
-// socket carrying one protobuf message (api/zds) per packet, with the pod's netns file
-// descriptor passed as SCM_RIGHTS alongside AddWorkload. Server is the agent's side, RunClient
-// ztunnel's.
+// socket carrying one protobuf message (api/zds's, encoded by hand in messages.go) per packet,
+// with the pod's netns file descriptor passed as SCM_RIGHTS alongside AddWorkload. Server is
+// the agent's side, RunClient ztunnel's.
 package zds
 
 import (
@@ -13,9 +13,6 @@ import (
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/protobuf/proto"
-
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 )
 
 // DefaultPath is where the node agent listens and ztunnel connects.
@@ -46,22 +43,19 @@ func Listen(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// writePacket sends m as one packet, with fd attached as SCM_RIGHTS when fd >= 0.
-func writePacket(c *net.UnixConn, m proto.Message, fd int) error {
-	b, err := proto.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("encoding %T: %w", m, err)
-	}
+// writePacket sends the encoded message b (a what) as one packet, with fd attached as
+// SCM_RIGHTS when fd >= 0.
+func writePacket(c *net.UnixConn, what string, b []byte, fd int) error {
 	var oob []byte
 	if fd >= 0 {
 		oob = unix.UnixRights(fd)
 	}
 	n, oobn, err := c.WriteMsgUnix(b, oob, nil)
 	if err != nil {
-		return fmt.Errorf("sending %T: %w", m, err)
+		return fmt.Errorf("sending %s: %w", what, err)
 	}
 	if n != len(b) || oobn != len(oob) {
-		return fmt.Errorf("sending %T: short write", m)
+		return fmt.Errorf("sending %s: short write", what)
 	}
 	return nil
 }
@@ -119,55 +113,4 @@ func closeFds(fds []int) {
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
-}
-
-// DecodeRequest parses and checks one message from the agent.
-func DecodeRequest(b []byte) (*zdspb.WorkloadRequest, error) {
-	var m zdspb.WorkloadRequest
-	if err := proto.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: decoding WorkloadRequest: %w", ErrMalformed, err)
-	}
-	switch p := m.Payload.(type) {
-	case *zdspb.WorkloadRequest_Add:
-		if p.Add == nil || p.Add.Uid == "" {
-			return nil, fmt.Errorf("%w: AddWorkload without a uid", ErrMalformed)
-		}
-	case *zdspb.WorkloadRequest_Keep:
-		if p.Keep == nil || p.Keep.Uid == "" {
-			return nil, fmt.Errorf("%w: KeepWorkload without a uid", ErrMalformed)
-		}
-	case *zdspb.WorkloadRequest_Del:
-		if p.Del == nil || p.Del.Uid == "" {
-			return nil, fmt.Errorf("%w: DelWorkload without a uid", ErrMalformed)
-		}
-	case *zdspb.WorkloadRequest_SnapshotSent:
-	default:
-		return nil, fmt.Errorf("%w: WorkloadRequest without a known payload", ErrMalformed)
-	}
-	return &m, nil
-}
-
-// DecodeResponse parses and checks one message from ztunnel after its hello.
-func DecodeResponse(b []byte) (*zdspb.Ack, error) {
-	var m zdspb.WorkloadResponse
-	if err := proto.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: decoding WorkloadResponse: %w", ErrMalformed, err)
-	}
-	ack := m.GetAck()
-	if ack == nil {
-		return nil, fmt.Errorf("%w: WorkloadResponse without an Ack", ErrMalformed)
-	}
-	return ack, nil
-}
-
-// DecodeHello parses and checks ztunnel's first message.
-func DecodeHello(b []byte) (*zdspb.ZdsHello, error) {
-	var m zdspb.ZdsHello
-	if err := proto.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%w: decoding ZdsHello: %w", ErrMalformed, err)
-	}
-	if m.Version != zdspb.Version_V1 {
-		return nil, fmt.Errorf("%w: ZdsHello version %s; expected V1", ErrMalformed, m.Version)
-	}
-	return &m, nil
 }

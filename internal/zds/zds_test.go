@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
@@ -38,7 +37,7 @@ func (f *fakeZtunnel) record(ev string) {
 	f.events = append(f.events, ev)
 }
 
-func (f *fakeZtunnel) AddWorkload(_ context.Context, uid string, info *zdspb.WorkloadInfo, h *netns.Handle) error {
+func (f *fakeZtunnel) AddWorkload(_ context.Context, uid string, info *WorkloadInfo, h *netns.Handle) error {
 	defer h.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(h.Fd(), &st); err != nil {
@@ -48,7 +47,7 @@ func (f *fakeZtunnel) AddWorkload(_ context.Context, uid string, info *zdspb.Wor
 	f.inodes[uid] = st.Ino
 	msg := f.fail[uid]
 	f.mu.Unlock()
-	f.record(fmt.Sprintf("add %s %s/%s", uid, info.GetNamespace(), info.GetName()))
+	f.record(fmt.Sprintf("add %s %s/%s", uid, info.Namespace, info.Name))
 	if msg != "" {
 		return errors.New(msg)
 	}
@@ -147,8 +146,8 @@ func startClient(t *testing.T, path string, h Handler) context.CancelFunc {
 	return stop
 }
 
-func info(name string) *zdspb.WorkloadInfo {
-	return &zdspb.WorkloadInfo{Name: name, Namespace: "ns", ServiceAccount: "sa"}
+func info(name string) *WorkloadInfo {
+	return &WorkloadInfo{Name: name, Namespace: "ns", ServiceAccount: "sa"}
 }
 
 func TestReplayThenLiveUpdates(t *testing.T) {
@@ -255,10 +254,10 @@ func TestAckTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if req, err := DecodeRequest(b); err != nil || req.GetSnapshotSent() == nil {
-		t.Fatalf("first request = %v, %v; want SnapshotSent", req, err)
+	if req, err := DecodeRequest(b); err != nil || req.Kind != RequestSnapshotSent {
+		t.Fatalf("first request = %+v, %v; want SnapshotSent", req, err)
 	}
-	if err := writePacket(c, &zdspb.WorkloadResponse{Payload: &zdspb.WorkloadResponse_Ack{Ack: &zdspb.Ack{}}}, -1); err != nil {
+	if err := writePacket(c, "Ack", marshalAck(""), -1); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the connection", s.Connected)
@@ -302,10 +301,10 @@ func TestClientAcksMalformedRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := DecodeHello(b); err != nil {
+	if err := DecodeHello(b); err != nil {
 		t.Fatalf("client hello: %v", err)
 	}
-	add := &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_Add{Add: &zdspb.AddWorkload{Uid: "p"}}}
+	add := (&Request{Kind: RequestAdd, UID: "p"}).Marshal()
 	notNetns, err := os.Open("/dev/null")
 	if err != nil {
 		t.Fatal(err)
@@ -318,13 +317,13 @@ func TestClientAcksMalformedRequests(t *testing.T) {
 	}{
 		{"garbage", func() error { _, err := c.Write([]byte{0xff, 0xff, 0xff}); return err }, "decoding WorkloadRequest"},
 		{"add with an empty body", func() error { _, err := c.Write([]byte{0x0a, 0x00}); return err }, "AddWorkload without a uid"},
-		{"add without fd", func() error { return writePacket(c, add, -1) }, "carries 0 file descriptors"},
-		{"add with a file that is no netns", func() error { return writePacket(c, add, int(notNetns.Fd())) }, "not a namespace"},
+		{"add without fd", func() error { return writePacket(c, "add", add, -1) }, "carries 0 file descriptors"},
+		{"add with a file that is no netns", func() error { return writePacket(c, "add", add, int(notNetns.Fd())) }, "not a namespace"},
 		{"del without uid", func() error {
-			return writePacket(c, &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_Del{Del: &zdspb.DelWorkload{}}}, -1)
+			return writePacket(c, "del", (&Request{Kind: RequestDel}).Marshal(), -1)
 		}, "DelWorkload without a uid"},
 		{"snapshot", func() error {
-			return writePacket(c, &zdspb.WorkloadRequest{Payload: &zdspb.WorkloadRequest_SnapshotSent{SnapshotSent: &zdspb.SnapshotSent{}}}, -1)
+			return writePacket(c, "snapshot", (&Request{Kind: RequestSnapshotSent}).Marshal(), -1)
 		}, ""},
 	}
 	for _, tt := range tests {
@@ -340,8 +339,8 @@ func TestClientAcksMalformedRequests(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		if tt.wantErr == "" && ack.Error != "" || !strings.Contains(ack.Error, tt.wantErr) {
-			t.Errorf("%s: ack error = %q, want it to contain %q", tt.name, ack.Error, tt.wantErr)
+		if tt.wantErr == "" && ack != "" || !strings.Contains(ack, tt.wantErr) {
+			t.Errorf("%s: ack error = %q, want it to contain %q", tt.name, ack, tt.wantErr)
 		}
 	}
 	if got, want := zt.Events(), []string{"connected", "snapshot"}; !slices.Equal(got, want) {

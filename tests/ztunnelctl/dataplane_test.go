@@ -29,7 +29,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/cni/redirect"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
@@ -178,7 +177,7 @@ func startDataplane(t *testing.T) *dataplane {
 		t.Cleanup(func() { nft.Unenroll(context.Background(), rp) })
 		f, err := os.Open(p.ns.Path)
 		must(t, err)
-		must(t, zsrv.Add(ctx, zds.Workload{UID: rp.UID, Netns: f, Info: &zdspb.WorkloadInfo{
+		must(t, zsrv.Add(ctx, zds.Workload{UID: rp.UID, Netns: f, Info: &zds.WorkloadInfo{
 			Name: p.pod.Name, Namespace: p.pod.Namespace, ServiceAccount: p.pod.Spec.ServiceAccountName}}))
 	}
 	return d

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"sync"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/netns"
 	"github.com/ambit-mesh/ambit/internal/zds"
@@ -67,7 +66,7 @@ func (h *Handler) Connected(context.Context) error {
 }
 
 // AddWorkload starts serving a pod in the network namespace ns.
-func (h *Handler) AddWorkload(ctx context.Context, uid string, info *zdspb.WorkloadInfo, ns *netns.Handle) error {
+func (h *Handler) AddWorkload(ctx context.Context, uid string, info *zds.WorkloadInfo, ns *netns.Handle) error {
 	pod, err := h.podInfo(uid, info)
 	if err != nil {
 		ns.Close()
@@ -146,20 +145,20 @@ func (h *Handler) remove(uid string) {
 }
 
 // podInfo checks an AddWorkload's workload info.
-func (h *Handler) podInfo(uid string, info *zdspb.WorkloadInfo) (proxy.PodInfo, error) {
+func (h *Handler) podInfo(uid string, info *zds.WorkloadInfo) (proxy.PodInfo, error) {
 	if uid == "" {
 		return proxy.PodInfo{}, errors.New("add workload: empty uid")
 	}
-	if info == nil || info.GetName() == "" || info.GetNamespace() == "" {
+	if info == nil || info.Name == "" || info.Namespace == "" {
 		return proxy.PodInfo{}, fmt.Errorf("add workload %s: workload_info must name the pod and its namespace", uid)
 	}
-	sa := info.GetServiceAccount()
+	sa := info.ServiceAccount
 	if sa == "" {
 		sa = "default"
 	}
-	id := identity.Identity{TrustDomain: h.trustDomain, Namespace: info.GetNamespace(), ServiceAccount: sa}
+	id := identity.Identity{TrustDomain: h.trustDomain, Namespace: info.Namespace, ServiceAccount: sa}
 	if _, err := identity.Parse(id.String()); err != nil {
-		return proxy.PodInfo{}, fmt.Errorf("add workload %s (%s/%s): %w", uid, info.GetNamespace(), info.GetName(), err)
+		return proxy.PodInfo{}, fmt.Errorf("add workload %s (%s/%s): %w", uid, info.Namespace, info.Name, err)
 	}
-	return proxy.PodInfo{UID: uid, Name: info.GetName(), Namespace: info.GetNamespace(), Identity: id}, nil
+	return proxy.PodInfo{UID: uid, Name: info.Name, Namespace: info.Namespace, Identity: id}, nil
 }

@@ -6,9 +6,9 @@ import (
 	"sync"
 	"testing"
 
-	zdspb "github.com/ambit-mesh/ambit/api/zds"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/netns"
+	"github.com/ambit-mesh/ambit/internal/zds"
 	"github.com/ambit-mesh/ambit/ztunnel/proxy"
 )
 
@@ -58,8 +58,8 @@ func ns(t *testing.T) *netns.Handle {
 	return h
 }
 
-func info(name string) *zdspb.WorkloadInfo {
-	return &zdspb.WorkloadInfo{Name: name, Namespace: "shop", ServiceAccount: name}
+func info(name string) *zds.WorkloadInfo {
+	return &zds.WorkloadInfo{Name: name, Namespace: "shop", ServiceAccount: name}
 }
 
 func TestReplay(t *testing.T) {
@@ -113,12 +113,12 @@ func TestBadAdd(t *testing.T) {
 	h := New(&fakeProxy{pods: map[string]proxy.PodInfo{}}, fakeCerts{}, "cluster.local", nil)
 	for name, tc := range map[string]struct {
 		uid  string
-		info *zdspb.WorkloadInfo
+		info *zds.WorkloadInfo
 	}{
 		"no uid":       {"", info("a")},
 		"no info":      {"u", nil},
-		"no namespace": {"u", &zdspb.WorkloadInfo{Name: "a"}},
-		"bad sa":       {"u", &zdspb.WorkloadInfo{Name: "a", Namespace: "shop", ServiceAccount: "x/y"}},
+		"no namespace": {"u", &zds.WorkloadInfo{Name: "a"}},
+		"bad sa":       {"u", &zds.WorkloadInfo{Name: "a", Namespace: "shop", ServiceAccount: "x/y"}},
 	} {
 		if err := h.AddWorkload(context.Background(), tc.uid, tc.info, ns(t)); err == nil {
 			t.Errorf("%s: AddWorkload succeeded, want an error", name)
