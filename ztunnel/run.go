@@ -200,10 +200,10 @@ func dnsServer(st *state.State, m *metrics.Metrics, upstreams []netip.AddrPort, 
 		// The pod's own labels on the DNS metrics, once its workload is known.
 		observer := m.DNSFor(func() (string, string, bool) {
 			w, ok := st.LocalWorkload(pod.Namespace, pod.Name)
-			if !ok || w.Proto == nil {
+			if !ok || w.Resource == nil {
 				return "", "", false
 			}
-			return w.Proto.GetCanonicalName(), w.Proto.GetCanonicalRevision(), true
+			return w.Resource.CanonicalName, w.Resource.CanonicalRevision, true
 		})
 		srv, err := dns.New(dns.Config{Resolver: resolver, Upstreams: upstreams, Dial: dial, Observer: observer})
 		if err != nil {

@@ -1,6 +1,7 @@
-// Package authz evaluates L4 authorization policies (api/security Authorization, as istiod-lite
-// converts them from AuthorizationPolicy and PeerAuthentication) against one inbound
-// connection, with the semantics of DESIGN.md section 8.
+// Package authz evaluates L4 authorization policies (api/security Authorization as
+// internal/apiwire decodes it; istiod-lite converts them from AuthorizationPolicy and
+// PeerAuthentication) against one inbound connection, with the semantics of DESIGN.md
+// section 8.
 //
 // A policy is compiled once (Compile) into a form that evaluates without allocating: CIDRs are
 // parsed, string matches are tagged. A Set indexes compiled policies by scope; Set.Evaluate picks

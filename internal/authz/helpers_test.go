@@ -5,9 +5,11 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ambit-mesh/ambit/api/security"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 func exactM(s string) *security.StringMatch {
@@ -39,11 +41,26 @@ func policy(ns, name string, scope security.Scope, action security.Action, claus
 
 func mustCompile(t testing.TB, a *security.Authorization) *Policy {
 	t.Helper()
-	p, err := Compile(a)
+	p, err := compilePB(t, a)
 	if err != nil {
 		t.Fatalf("Compile(%v): %v", a, err)
 	}
 	return p
+}
+
+// compilePB compiles a generated Authorization as ztunnel receives it: encoded, then decoded
+// by apiwire.
+func compilePB(t testing.TB, a *security.Authorization) (*Policy, error) {
+	t.Helper()
+	b, err := proto.Marshal(a)
+	if err != nil {
+		t.Fatalf("marshal %v: %v", a, err)
+	}
+	d, err := apiwire.DecodeAuthorization(b)
+	if err != nil {
+		t.Fatalf("decode %v: %v", a, err)
+	}
+	return Compile(d)
 }
 
 func conn(id, src, dst string, port uint16) *Conn {

@@ -74,7 +74,7 @@ func (m stringMatch) matches(v string) bool {
 
 type serviceAccount struct{ namespace, name string }
 
-// match is a compiled security.Match.
+// match is a compiled apiwire.Match (istio.security.Match).
 type match struct {
 	namespaces, notNamespaces looseStrings
 	principals, notPrincipals looseStrings

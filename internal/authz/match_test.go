@@ -153,7 +153,7 @@ func TestCompileRefuses(t *testing.T) {
 		policy("ns", "p", 0, 0, []*security.Match{{NotDestinationIps: []*security.Address{{Address: []byte{1, 2, 3, 4}, Length: 33}}}}),
 	}
 	for i, a := range bad {
-		if _, err := Compile(a); err == nil {
+		if _, err := compilePB(t, a); err == nil {
 			t.Errorf("%d: Compile(%v): got no error, want one", i, a)
 		}
 	}

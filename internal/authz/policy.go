@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"github.com/ambit-mesh/ambit/api/security"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 // ErrInvalidPolicy wraps every reason Compile refuses an Authorization.
@@ -18,8 +18,8 @@ type Policy struct {
 	Key       string
 	Name      string
 	Namespace string
-	Scope     security.Scope
-	Action    security.Action
+	Scope     apiwire.Scope
+	Action    apiwire.Action
 	DryRun    bool
 	rules     []rule
 }
@@ -31,24 +31,24 @@ type clause struct{ alts []match }
 // Compile checks and compiles a. It fails (wrapping ErrInvalidPolicy) on a name or namespace
 // that is empty, an unknown scope or action, and an address that is not 4 or 16 bytes or whose
 // prefix length exceeds its size.
-func Compile(a *security.Authorization) (*Policy, error) {
-	if a.GetName() == "" || a.GetNamespace() == "" {
-		return nil, fmt.Errorf("%w: name %q, namespace %q: both must be set", ErrInvalidPolicy, a.GetName(), a.GetNamespace())
+func Compile(a *apiwire.Authorization) (*Policy, error) {
+	if a.Name == "" || a.Namespace == "" {
+		return nil, fmt.Errorf("%w: name %q, namespace %q: both must be set", ErrInvalidPolicy, a.Name, a.Namespace)
 	}
-	key := a.GetNamespace() + "/" + a.GetName()
-	if _, ok := security.Scope_name[int32(a.GetScope())]; !ok {
-		return nil, fmt.Errorf("%w: %s: unknown scope %d", ErrInvalidPolicy, key, a.GetScope())
+	key := a.Namespace + "/" + a.Name
+	if !a.Scope.Known() {
+		return nil, fmt.Errorf("%w: %s: unknown scope %d", ErrInvalidPolicy, key, a.Scope)
 	}
-	if _, ok := security.Action_name[int32(a.GetAction())]; !ok {
-		return nil, fmt.Errorf("%w: %s: unknown action %d", ErrInvalidPolicy, key, a.GetAction())
+	if !a.Action.Known() {
+		return nil, fmt.Errorf("%w: %s: unknown action %d", ErrInvalidPolicy, key, a.Action)
 	}
-	p := &Policy{Key: key, Name: a.GetName(), Namespace: a.GetNamespace(), Scope: a.GetScope(), Action: a.GetAction(), DryRun: a.GetDryRun()}
-	for i, r := range a.GetRules() {
+	p := &Policy{Key: key, Name: a.Name, Namespace: a.Namespace, Scope: a.Scope, Action: a.Action, DryRun: a.DryRun}
+	for i := range a.Rules {
 		var cr rule
-		for j, cl := range r.GetClauses() {
+		for j := range a.Rules[i].Clauses {
 			var cc clause
-			for k, m := range cl.GetMatches() {
-				cm, err := compileMatch(m)
+			for k := range a.Rules[i].Clauses[j].Matches {
+				cm, err := compileMatch(&a.Rules[i].Clauses[j].Matches[k])
 				if err != nil {
 					return nil, fmt.Errorf("%w: %s: rules[%d].clauses[%d].matches[%d]: %w", ErrInvalidPolicy, key, i, j, k, err)
 				}
@@ -61,46 +61,46 @@ func Compile(a *security.Authorization) (*Policy, error) {
 	return p, nil
 }
 
-func compileMatch(m *security.Match) (match, error) {
+func compileMatch(m *apiwire.Match) (match, error) {
 	var out match
 	var err error
-	out.namespaces = stringMatches(m.GetNamespaces())
-	out.notNamespaces = stringMatches(m.GetNotNamespaces())
-	out.principals = stringMatches(m.GetPrincipals())
-	out.notPrincipals = stringMatches(m.GetNotPrincipals())
-	out.sas = serviceAccounts(m.GetServiceAccounts())
-	out.notSAs = serviceAccounts(m.GetNotServiceAccounts())
-	if out.srcIPs, err = prefixes("source_ips", m.GetSourceIps()); err != nil {
+	out.namespaces = stringMatches(m.Namespaces)
+	out.notNamespaces = stringMatches(m.NotNamespaces)
+	out.principals = stringMatches(m.Principals)
+	out.notPrincipals = stringMatches(m.NotPrincipals)
+	out.sas = serviceAccounts(m.ServiceAccounts)
+	out.notSAs = serviceAccounts(m.NotServiceAccounts)
+	if out.srcIPs, err = prefixes("source_ips", m.SourceIPs); err != nil {
 		return out, err
 	}
-	if out.notSrcIPs, err = prefixes("not_source_ips", m.GetNotSourceIps()); err != nil {
+	if out.notSrcIPs, err = prefixes("not_source_ips", m.NotSourceIPs); err != nil {
 		return out, err
 	}
-	if out.dstIPs, err = prefixes("destination_ips", m.GetDestinationIps()); err != nil {
+	if out.dstIPs, err = prefixes("destination_ips", m.DestinationIPs); err != nil {
 		return out, err
 	}
-	if out.notDstIPs, err = prefixes("not_destination_ips", m.GetNotDestinationIps()); err != nil {
+	if out.notDstIPs, err = prefixes("not_destination_ips", m.NotDestinationIPs); err != nil {
 		return out, err
 	}
-	out.ports = m.GetDestinationPorts()
-	out.notPorts = m.GetNotDestinationPorts()
+	out.ports = m.DestinationPorts
+	out.notPorts = m.NotDestinationPorts
 	return out, nil
 }
 
-func stringMatches(in []*security.StringMatch) looseStrings {
+func stringMatches(in []apiwire.StringMatch) looseStrings {
 	if len(in) == 0 {
 		return nil
 	}
 	out := make(looseStrings, 0, len(in))
 	for _, s := range in {
-		switch t := s.GetMatchType().(type) {
-		case *security.StringMatch_Exact:
-			out = append(out, stringMatch{kind: exact, value: t.Exact})
-		case *security.StringMatch_Prefix:
-			out = append(out, stringMatch{kind: prefix, value: t.Prefix})
-		case *security.StringMatch_Suffix:
-			out = append(out, stringMatch{kind: suffix, value: t.Suffix})
-		case *security.StringMatch_Presence:
+		switch s.Kind {
+		case apiwire.MatchExact:
+			out = append(out, stringMatch{kind: exact, value: s.Value})
+		case apiwire.MatchPrefix:
+			out = append(out, stringMatch{kind: prefix, value: s.Value})
+		case apiwire.MatchSuffix:
+			out = append(out, stringMatch{kind: suffix, value: s.Value})
+		case apiwire.MatchPresence:
 			out = append(out, stringMatch{kind: presence})
 		default:
 			// A StringMatch without a kind matches no value: an exact match on a value no
@@ -111,29 +111,29 @@ func stringMatches(in []*security.StringMatch) looseStrings {
 	return out
 }
 
-func serviceAccounts(in []*security.ServiceAccountMatch) []serviceAccount {
+func serviceAccounts(in []apiwire.ServiceAccountMatch) []serviceAccount {
 	if len(in) == 0 {
 		return nil
 	}
 	out := make([]serviceAccount, 0, len(in))
 	for _, s := range in {
-		out = append(out, serviceAccount{namespace: s.GetNamespace(), name: s.GetServiceAccount()})
+		out = append(out, serviceAccount{namespace: s.Namespace, name: s.ServiceAccount})
 	}
 	return out
 }
 
 // prefixes converts addresses to prefixes, masked, IPv4-mapped ones as IPv4.
-func prefixes(field string, in []*security.Address) ([]netip.Prefix, error) {
+func prefixes(field string, in []apiwire.CIDR) ([]netip.Prefix, error) {
 	if len(in) == 0 {
 		return nil, nil
 	}
 	out := make([]netip.Prefix, 0, len(in))
 	for i, a := range in {
-		addr, ok := netip.AddrFromSlice(a.GetAddress())
+		addr, ok := netip.AddrFromSlice(a.Address)
 		if !ok {
-			return nil, fmt.Errorf("%s[%d]: address of %d bytes, want 4 or 16", field, i, len(a.GetAddress()))
+			return nil, fmt.Errorf("%s[%d]: address of %d bytes, want 4 or 16", field, i, len(a.Address))
 		}
-		bits := int(a.GetLength())
+		bits := int(a.Length)
 		if bits > addr.BitLen() {
 			return nil, fmt.Errorf("%s[%d]: prefix length %d exceeds %d", field, i, bits, addr.BitLen())
 		}

@@ -1,7 +1,7 @@
 package authz
 
 import (
-	"github.com/ambit-mesh/ambit/api/security"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 // Set is an immutable collection of compiled policies, indexed for evaluation. The zero
@@ -46,9 +46,9 @@ func (s *Set) index() {
 	s.byNamespace = map[string][]*Policy{}
 	for _, p := range s.byKey {
 		switch p.Scope {
-		case security.Scope_GLOBAL:
+		case apiwire.ScopeGlobal:
 			s.global = append(s.global, p)
-		case security.Scope_NAMESPACE:
+		case apiwire.ScopeNamespace:
 			s.byNamespace[p.Namespace] = append(s.byNamespace[p.Namespace], p)
 		}
 	}
@@ -132,24 +132,24 @@ func (s *Set) Evaluate(namespace string, selected []string, c *Conn) Decision {
 	ns := s.byNamespace[namespace]
 	// DENY first, over all candidates.
 	for _, p := range s.global {
-		if p.Action == security.Action_DENY && !p.DryRun && p.matches(c) {
+		if p.Action == apiwire.ActionDeny && !p.DryRun && p.matches(c) {
 			return Decision{Outcome: DeniedByPolicy, Policy: p}
 		}
 	}
 	for _, p := range ns {
-		if p.Action == security.Action_DENY && !p.DryRun && p.matches(c) {
+		if p.Action == apiwire.ActionDeny && !p.DryRun && p.matches(c) {
 			return Decision{Outcome: DeniedByPolicy, Policy: p}
 		}
 	}
 	for _, k := range selected {
-		if p := s.byKey[k]; p != nil && p.Scope == security.Scope_WORKLOAD_SELECTOR &&
-			p.Action == security.Action_DENY && !p.DryRun && p.matches(c) {
+		if p := s.byKey[k]; p != nil && p.Scope == apiwire.ScopeWorkloadSelector &&
+			p.Action == apiwire.ActionDeny && !p.DryRun && p.matches(c) {
 			return Decision{Outcome: DeniedByPolicy, Policy: p}
 		}
 	}
 	anyAllow := false
 	for _, p := range s.global {
-		if p.Action == security.Action_ALLOW && !p.DryRun {
+		if p.Action == apiwire.ActionAllow && !p.DryRun {
 			if p.matches(c) {
 				return Decision{Outcome: AllowedByPolicy, Policy: p}
 			}
@@ -157,7 +157,7 @@ func (s *Set) Evaluate(namespace string, selected []string, c *Conn) Decision {
 		}
 	}
 	for _, p := range ns {
-		if p.Action == security.Action_ALLOW && !p.DryRun {
+		if p.Action == apiwire.ActionAllow && !p.DryRun {
 			if p.matches(c) {
 				return Decision{Outcome: AllowedByPolicy, Policy: p}
 			}
@@ -165,7 +165,7 @@ func (s *Set) Evaluate(namespace string, selected []string, c *Conn) Decision {
 		}
 	}
 	for _, k := range selected {
-		if p := s.byKey[k]; p != nil && p.Scope == security.Scope_WORKLOAD_SELECTOR && p.Action == security.Action_ALLOW && !p.DryRun {
+		if p := s.byKey[k]; p != nil && p.Scope == apiwire.ScopeWorkloadSelector && p.Action == apiwire.ActionAllow && !p.DryRun {
 			if p.matches(c) {
 				return Decision{Outcome: AllowedByPolicy, Policy: p}
 			}

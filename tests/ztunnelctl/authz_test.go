@@ -3,11 +3,13 @@ package ztunnelctl
 import (
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	"istio.io/api/security/v1beta1"
 	typev1beta1 "istio.io/api/type/v1beta1"
 	securityv1 "istio.io/client-go/pkg/apis/security/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/authz"
 	iauthz "github.com/ambit-mesh/ambit/istiod-lite/model/authz"
 )
@@ -121,7 +123,16 @@ func TestConvertedPoliciesDecide(t *testing.T) {
 				if res.Authorization == nil {
 					return
 				}
-				p, err := authz.Compile(res.Authorization)
+				// As ztunnel receives it: encoded by istiod-lite, decoded by apiwire.
+				b, err := proto.Marshal(res.Authorization)
+				if err != nil {
+					t.Fatalf("marshal %s: %v", res.Key(), err)
+				}
+				a, err := apiwire.DecodeAuthorization(b)
+				if err != nil {
+					t.Fatalf("decode %s: %v", res.Key(), err)
+				}
+				p, err := authz.Compile(a)
 				if err != nil {
 					t.Fatalf("Compile(%s): %v", res.Key(), err)
 				}

@@ -19,8 +19,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/ambit-mesh/ambit/internal/grpcwire"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/ztunnel/istiod"
@@ -369,14 +367,11 @@ func (m *Manager) fetch(ctx context.Context, id identity.Identity) (*tls.Certifi
 		return nil, nil, fmt.Errorf("creating CSR for %s: %w", id, err)
 	}
 	validity := max(int64(m.cfg.TTL/time.Second), 1)
-	var md *structpb.Struct
+	var md map[string]string
 	if id != m.cfg.Own {
-		md = &structpb.Struct{Fields: map[string]*structpb.Value{ImpersonatedIdentityKey: structpb.NewStringValue(id.String())}}
+		md = map[string]string{ImpersonatedIdentityKey: id.String()}
 	}
-	req, err := marshalRequest(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), validity, md)
-	if err != nil {
-		return nil, nil, fmt.Errorf("requesting certificate for %s: %w", id, err)
-	}
+	req := marshalRequest(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), validity, md)
 	var callMD grpcwire.Metadata
 	if token != "" {
 		callMD = grpcwire.Metadata{"authorization": "Bearer " + token}

@@ -6,8 +6,8 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 // createCertificateMethod is Istio's CA method (api/ca's IstioCertificateService).
@@ -24,8 +24,9 @@ const (
 	respCertChain       = 1 // IstioCertificateResponse.cert_chain, repeated string
 )
 
-// marshalRequest encodes an IstioCertificateRequest. Zero fields are left out, as proto3 does.
-func marshalRequest(csr string, validitySeconds int64, md *structpb.Struct) ([]byte, error) {
+// marshalRequest encodes an IstioCertificateRequest whose metadata Struct holds md's strings
+// (no Struct when md is nil). Zero fields are left out, as proto3 does.
+func marshalRequest(csr string, validitySeconds int64, md map[string]string) []byte {
 	var b []byte
 	if csr != "" {
 		b = protowire.AppendTag(b, reqCSR, protowire.BytesType)
@@ -36,14 +37,10 @@ func marshalRequest(csr string, validitySeconds int64, md *structpb.Struct) ([]b
 		b = protowire.AppendVarint(b, uint64(validitySeconds))
 	}
 	if md != nil {
-		m, err := proto.MarshalOptions{Deterministic: true}.Marshal(md)
-		if err != nil {
-			return nil, fmt.Errorf("encoding request metadata: %w", err)
-		}
 		b = protowire.AppendTag(b, reqMetadata, protowire.BytesType)
-		b = protowire.AppendBytes(b, m)
+		b = protowire.AppendBytes(b, apiwire.AppendStruct(nil, md))
 	}
-	return b, nil
+	return b
 }
 
 var errMalformed = errors.New("malformed IstioCertificateResponse")

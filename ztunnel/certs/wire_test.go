@@ -15,21 +15,21 @@ import (
 
 // TestRequestBytes checks the hand-written encoding against api/ca's generated type.
 func TestRequestBytes(t *testing.T) {
-	md := &structpb.Struct{Fields: map[string]*structpb.Value{ImpersonatedIdentityKey: structpb.NewStringValue("spiffe://cluster.local/ns/a/sa/b")}}
+	id := "spiffe://cluster.local/ns/a/sa/b"
+	md := &structpb.Struct{Fields: map[string]*structpb.Value{ImpersonatedIdentityKey: structpb.NewStringValue(id)}}
 	for _, tc := range []struct {
 		name     string
 		csr      string
 		validity int64
+		fields   map[string]string
 		md       *structpb.Struct
 	}{
-		{"own", "-----BEGIN CERTIFICATE REQUEST-----\n...", 86400, nil},
-		{"impersonated", "csr", 1, md},
-		{"empty", "", 0, nil},
+		{"own", "-----BEGIN CERTIFICATE REQUEST-----\n...", 86400, nil, nil},
+		{"impersonated", "csr", 1, map[string]string{ImpersonatedIdentityKey: id}, md},
+		{"empty metadata", "csr", 1, map[string]string{}, &structpb.Struct{}},
+		{"empty", "", 0, nil, nil},
 	} {
-		got, err := marshalRequest(tc.csr, tc.validity, tc.md)
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := marshalRequest(tc.csr, tc.validity, tc.fields)
 		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(&pb.IstioCertificateRequest{Csr: tc.csr, ValidityDuration: tc.validity, Metadata: tc.md})
 		if err != nil {
 			t.Fatal(err)

@@ -1,6 +1,6 @@
 package metrics
 
-import workloadpb "github.com/ambit-mesh/ambit/api/workload"
+import "github.com/ambit-mesh/ambit/internal/apiwire"
 
 // Labels are Istio's standard TCP metric labels for one connection, as ztunnel reports them.
 // Empty values are reported as "unknown", except the canonical revisions ("latest", as Istio
@@ -110,43 +110,43 @@ func (l Labels) values() []string {
 
 // SetSource fills the source_* labels from the client's workload and the identity it proved
 // (principal, a SPIFFE URI; "" when it proved none). A nil w leaves the workload labels alone.
-func (l *Labels) SetSource(w *workloadpb.Workload, principal string) {
+func (l *Labels) SetSource(w *apiwire.Workload, principal string) {
 	l.SourcePrincipal = principal
 	if w == nil {
 		return
 	}
-	l.SourceWorkload = w.GetWorkloadName()
-	l.SourceWorkloadNamespace = w.GetNamespace()
-	l.SourceCanonicalService = w.GetCanonicalName()
-	l.SourceCanonicalRevision = w.GetCanonicalRevision()
-	l.SourceApp = w.GetCanonicalName()
-	l.SourceVersion = w.GetCanonicalRevision()
-	l.SourceCluster = w.GetClusterId()
+	l.SourceWorkload = w.WorkloadName
+	l.SourceWorkloadNamespace = w.Namespace
+	l.SourceCanonicalService = w.CanonicalName
+	l.SourceCanonicalRevision = w.CanonicalRevision
+	l.SourceApp = w.CanonicalName
+	l.SourceVersion = w.CanonicalRevision
+	l.SourceCluster = w.ClusterID
 }
 
 // SetDestination fills the destination workload labels from the server's workload and its
 // identity (principal, a SPIFFE URI). A nil w leaves the workload labels alone.
-func (l *Labels) SetDestination(w *workloadpb.Workload, principal string) {
+func (l *Labels) SetDestination(w *apiwire.Workload, principal string) {
 	l.DestinationPrincipal = principal
 	if w == nil {
 		return
 	}
-	l.DestinationWorkload = w.GetWorkloadName()
-	l.DestinationWorkloadNamespace = w.GetNamespace()
-	l.DestinationCanonicalService = w.GetCanonicalName()
-	l.DestinationCanonicalRevision = w.GetCanonicalRevision()
-	l.DestinationApp = w.GetCanonicalName()
-	l.DestinationVersion = w.GetCanonicalRevision()
-	l.DestinationCluster = w.GetClusterId()
+	l.DestinationWorkload = w.WorkloadName
+	l.DestinationWorkloadNamespace = w.Namespace
+	l.DestinationCanonicalService = w.CanonicalName
+	l.DestinationCanonicalRevision = w.CanonicalRevision
+	l.DestinationApp = w.CanonicalName
+	l.DestinationVersion = w.CanonicalRevision
+	l.DestinationCluster = w.ClusterID
 }
 
 // SetService fills the destination_service* labels from the Service the client addressed; a
 // nil s (the client dialled a pod IP) leaves them alone.
-func (l *Labels) SetService(s *workloadpb.Service) {
+func (l *Labels) SetService(s *apiwire.Service) {
 	if s == nil {
 		return
 	}
-	l.DestinationService = s.GetHostname()
-	l.DestinationServiceName = s.GetName()
-	l.DestinationServiceNamespace = s.GetNamespace()
+	l.DestinationService = s.Hostname
+	l.DestinationServiceName = s.Name
+	l.DestinationServiceNamespace = s.Namespace
 }

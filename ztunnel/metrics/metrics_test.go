@@ -8,7 +8,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
-	workloadpb "github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
@@ -266,11 +266,11 @@ func BenchmarkOpenClose(b *testing.B) {
 }
 
 func TestSetLabels(t *testing.T) {
-	productpage := &workloadpb.Workload{Name: "productpage-v1-abc", Namespace: "default", WorkloadName: "productpage-v1",
-		CanonicalName: "productpage", CanonicalRevision: "v1", ClusterId: "Kubernetes"}
-	reviews := &workloadpb.Workload{Name: "reviews-v2-xyz", Namespace: "default", WorkloadName: "reviews-v2",
-		CanonicalName: "reviews", CanonicalRevision: "v2", ClusterId: "Kubernetes"}
-	svc := &workloadpb.Service{Name: "reviews", Namespace: "default", Hostname: "reviews.default.svc.cluster.local"}
+	productpage := &apiwire.Workload{Name: "productpage-v1-abc", Namespace: "default", WorkloadName: "productpage-v1",
+		CanonicalName: "productpage", CanonicalRevision: "v1", ClusterID: "Kubernetes"}
+	reviews := &apiwire.Workload{Name: "reviews-v2-xyz", Namespace: "default", WorkloadName: "reviews-v2",
+		CanonicalName: "reviews", CanonicalRevision: "v2", ClusterID: "Kubernetes"}
+	svc := &apiwire.Service{Name: "reviews", Namespace: "default", Hostname: "reviews.default.svc.cluster.local"}
 
 	l := Labels{Reporter: ReporterDestination, ConnectionSecurityPolicy: SecurityMutualTLS, SourceApp: "stale"}
 	l.SetSource(productpage, fullLabels.SourcePrincipal)

@@ -29,17 +29,17 @@ func (r *MetricsRecorder) Open(c *Conn) ConnRecord {
 		l.ConnectionSecurityPolicy = "mutual_tls"
 	}
 	if c.SrcWorkload != nil {
-		l.SetSource(c.SrcWorkload.Proto, principal(c.SrcIdentity))
+		l.SetSource(c.SrcWorkload.Resource, principal(c.SrcIdentity))
 	} else {
 		l.SourcePrincipal = principal(c.SrcIdentity)
 	}
 	if c.DstWorkload != nil {
-		l.SetDestination(c.DstWorkload.Proto, principal(c.DstIdentity))
+		l.SetDestination(c.DstWorkload.Resource, principal(c.DstIdentity))
 	} else {
 		l.DestinationPrincipal = principal(c.DstIdentity)
 	}
-	if c.DstService != nil && c.DstService.Proto != nil {
-		l.SetService(c.DstService.Proto)
+	if c.DstService != nil && c.DstService.Resource != nil {
+		l.SetService(c.DstService.Resource)
 	}
 	rec := &connRecord{r: r, c: c}
 	rec.mc = r.m.Open(l)

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/sockopt"
@@ -130,8 +130,8 @@ func (px *Proxy) requestHeader(rc *Conn) hbone.Header {
 	}
 	h["Forwarded"] = []string{fwd}
 	h["Traceparent"] = []string{newTraceparent()}
-	if w := rc.SrcWorkload; w != nil && w.Proto != nil {
-		h["Baggage"] = []string{baggage(w.Proto)}
+	if w := rc.SrcWorkload; w != nil && w.Resource != nil {
+		h["Baggage"] = []string{baggage(w.Resource)}
 	}
 	return h
 }
@@ -149,7 +149,7 @@ func newTraceparent() string {
 }
 
 // baggage carries the source workload's metadata, as Istio's ztunnel does.
-func baggage(w *workload.Workload) string {
+func baggage(w *apiwire.Workload) string {
 	var b strings.Builder
 	add := func(k, v string) {
 		if v == "" {
@@ -162,13 +162,13 @@ func baggage(w *workload.Workload) string {
 		b.WriteByte('=')
 		b.WriteString(v)
 	}
-	add("k8s.cluster.name", w.GetClusterId())
-	add("k8s.namespace.name", w.GetNamespace())
-	if w.GetWorkloadName() != "" {
-		add("k8s."+strings.ToLower(w.GetWorkloadType().String())+".name", w.GetWorkloadName())
+	add("k8s.cluster.name", w.ClusterID)
+	add("k8s.namespace.name", w.Namespace)
+	if w.WorkloadName != "" {
+		add("k8s."+strings.ToLower(w.WorkloadType.String())+".name", w.WorkloadName)
 	}
-	add("service.name", w.GetCanonicalName())
-	add("service.version", w.GetCanonicalRevision())
+	add("service.name", w.CanonicalName)
+	add("service.version", w.CanonicalRevision)
 	return b.String()
 }
 

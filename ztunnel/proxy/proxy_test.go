@@ -7,7 +7,7 @@ import (
 	"regexp"
 	"testing"
 
-	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 )
 
@@ -51,13 +51,13 @@ func TestTraceparent(t *testing.T) {
 }
 
 func TestBaggage(t *testing.T) {
-	w := &workload.Workload{ClusterId: "Kubernetes", Namespace: "shop", WorkloadName: "web", WorkloadType: workload.WorkloadType_DEPLOYMENT,
+	w := &apiwire.Workload{ClusterID: "Kubernetes", Namespace: "shop", WorkloadName: "web", WorkloadType: apiwire.TypeDeployment,
 		CanonicalName: "web", CanonicalRevision: "v1"}
 	want := "k8s.cluster.name=Kubernetes,k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web,service.version=v1"
 	if got := baggage(w); got != want {
 		t.Errorf("baggage = %q, want %q", got, want)
 	}
-	if got := baggage(&workload.Workload{Namespace: "x"}); got != "k8s.namespace.name=x" {
+	if got := baggage(&apiwire.Workload{Namespace: "x"}); got != "k8s.namespace.name=x" {
 		t.Errorf("baggage of a bare workload = %q", got)
 	}
 }

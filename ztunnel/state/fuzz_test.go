@@ -9,6 +9,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/authz"
 	"github.com/ambit-mesh/ambit/ztunnel/xds"
 )
@@ -18,23 +19,30 @@ import (
 // workload found by address must hold that address.
 func FuzzUpdate(f *testing.F) {
 	key := "shop/web.shop.svc.cluster.local"
-	for _, r := range []xds.Resource{
-		wl("shop", "web-1", "10.1.0.5", healthy, backs(key, 80, 8080), policies("shop/p")),
-		svc("shop", "web", "10.96.0.10", 80, 0),
+	for _, r := range []struct {
+		name string
+		m    proto.Message
+	}{
+		{uid("shop", "web-1"), &workload.Address{Type: &workload.Address_Workload{Workload: &workload.Workload{Uid: uid("shop", "web-1"),
+			Namespace: "shop", Addresses: [][]byte{{10, 1, 0, 5}}, AuthorizationPolicies: []string{"shop/p"},
+			Services: map[string]*workload.PortList{key: {Ports: []*workload.Port{{ServicePort: 80, TargetPort: 8080}}}}}}}},
+		{key, &workload.Address{Type: &workload.Address_Service{Service: &workload.Service{Name: "web", Namespace: "shop",
+			Hostname: "web.shop.svc.cluster.local", Addresses: []*workload.NetworkAddress{{Address: []byte{10, 96, 0, 10}}},
+			Ports: []*workload.Port{{ServicePort: 80}}}}}},
 	} {
-		b, _ := proto.Marshal(r.Message)
-		p, _ := proto.Marshal(pol("shop", "p", security.Scope_WORKLOAD_SELECTOR, security.Action_DENY, &security.Match{DestinationPorts: []uint32{80}}).Message)
-		f.Add(r.Name, b, "shop/p", p, []byte{10, 1, 0, 5}, uint16(80))
+		b, _ := proto.Marshal(r.m)
+		p, _ := proto.Marshal(&security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_WORKLOAD_SELECTOR, Action: security.Action_DENY,
+			Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{{DestinationPorts: []uint32{80}}}}}}}})
+		f.Add(r.name, b, "shop/p", p, []byte{10, 1, 0, 5}, uint16(80))
 	}
 	f.Fuzz(func(t *testing.T, name string, body []byte, polName string, polBody []byte, ipBytes []byte, port uint16) {
 		s := New(Config{})
-		var a workload.Address
-		if proto.Unmarshal(body, &a) == nil {
-			_ = s.Update(xds.AddressType, []xds.Resource{{Name: name, Message: &a}}, nil)
+		w, sv, err := apiwire.DecodeAddress(body)
+		if err == nil {
+			_ = s.Update(xds.AddressType, []xds.Resource{{Name: name, Workload: w, Service: sv}}, nil)
 		}
-		var p security.Authorization
-		if proto.Unmarshal(polBody, &p) == nil {
-			_ = s.Update(xds.AuthorizationType, []xds.Resource{{Name: polName, Message: &p}}, nil)
+		if p, err := apiwire.DecodeAuthorization(polBody); err == nil {
+			_ = s.Update(xds.AuthorizationType, []xds.Resource{{Name: polName, Authorization: p}}, nil)
 		}
 		ip, ok := netip.AddrFromSlice(ipBytes)
 		if !ok {
@@ -55,7 +63,7 @@ func FuzzUpdate(f *testing.F) {
 		}
 		s.Dump()
 		_ = s.Update(xds.AddressType, nil, []string{name})
-		if _, ok := s.WorkloadByAddr("", ip); ok && name == a.GetWorkload().GetUid() {
+		if _, ok := s.WorkloadByAddr("", ip); ok && w != nil && name == w.UID {
 			t.Fatalf("workload %q still found after its removal", name)
 		}
 	})

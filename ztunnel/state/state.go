@@ -11,8 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ambit-mesh/ambit/api/security"
-	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/authz"
 	"github.com/ambit-mesh/ambit/ztunnel/xds"
 )
@@ -63,12 +62,12 @@ type State struct {
 	endpoints map[string][]*Workload
 	// fetched holds the service keys subscribed by name, whose endpoints the server keeps
 	// sending.
-	fetched        map[string]bool
-	policyProtos   map[string]*security.Authorization
-	policyChanged  chan struct{} // closed and replaced on every policy change
-	policyGen      uint64
-	policies       atomic.Pointer[authz.Set]
-	addressUpdates uint64
+	fetched         map[string]bool
+	policyResources map[string]*apiwire.Authorization
+	policyChanged   chan struct{} // closed and replaced on every policy change
+	policyGen       uint64
+	policies        atomic.Pointer[authz.Set]
+	addressUpdates  uint64
 }
 
 type lookuperBox struct{ l Lookuper }
@@ -86,7 +85,7 @@ func New(cfg Config) *State {
 		workloads: map[string]*Workload{}, byAddr: map[NetworkAddr][]*Workload{},
 		services: map[string]*Service{}, vips: map[NetworkAddr]*Service{}, hostnames: map[string][]*Service{},
 		endpoints: map[string][]*Workload{}, fetched: map[string]bool{},
-		policyProtos: map[string]*security.Authorization{}, policyChanged: make(chan struct{}),
+		policyResources: map[string]*apiwire.Authorization{}, policyChanged: make(chan struct{}),
 	}
 	s.policies.Store(authz.NewSet())
 	return s
@@ -126,18 +125,13 @@ func (s *State) updateAddresses(set []xds.Resource, removed []string) error {
 		}
 	}
 	for _, r := range set {
-		addr, ok := r.Message.(*workload.Address)
-		if !ok {
-			errs = append(errs, fmt.Errorf("%s: not an Address", r.Name))
-			continue
-		}
-		switch t := addr.GetType().(type) {
-		case *workload.Address_Workload:
-			if t.Workload.GetUid() != r.Name {
-				errs = append(errs, fmt.Errorf("%s: workload uid is %q, want the resource name", r.Name, t.Workload.GetUid()))
+		switch {
+		case r.Workload != nil:
+			if r.Workload.UID != r.Name {
+				errs = append(errs, fmt.Errorf("%s: workload uid is %q, want the resource name", r.Name, r.Workload.UID))
 				continue
 			}
-			w := fromWorkload(t.Workload)
+			w := fromWorkload(r.Workload)
 			old := s.workloads[r.Name]
 			if old != nil {
 				s.removeWorkload(old)
@@ -146,11 +140,11 @@ func (s *State) updateAddresses(set []xds.Resource, removed []string) error {
 				policyListsChanged = true
 			}
 			s.addWorkload(w)
-		case *workload.Address_Service:
+		case r.Service != nil:
 			if old := s.services[r.Name]; old != nil {
 				s.removeService(old)
 			}
-			s.addService(fromService(r.Name, t.Service))
+			s.addService(fromService(r.Name, r.Service))
 		default:
 			errs = append(errs, fmt.Errorf("%s: address is neither a workload nor a service", r.Name))
 		}
@@ -237,10 +231,10 @@ func cmpString(a, b string) int {
 func (s *State) updatePolicies(set []xds.Resource, removed []string) error {
 	var errs []error
 	compiled := make([]*authz.Policy, 0, len(set))
-	protos := make([]*security.Authorization, 0, len(set))
+	protos := make([]*apiwire.Authorization, 0, len(set))
 	for _, r := range set {
-		a, ok := r.Message.(*security.Authorization)
-		if !ok {
+		a := r.Authorization
+		if a == nil {
 			errs = append(errs, fmt.Errorf("%s: not an Authorization", r.Name))
 			continue
 		}
@@ -260,10 +254,10 @@ func (s *State) updatePolicies(set []xds.Resource, removed []string) error {
 	defer s.mu.Unlock()
 	s.policies.Store(s.policies.Load().With(compiled, removed))
 	for _, k := range removed {
-		delete(s.policyProtos, k)
+		delete(s.policyResources, k)
 	}
 	for i, p := range compiled {
-		s.policyProtos[p.Key] = protos[i]
+		s.policyResources[p.Key] = protos[i]
 	}
 	if len(compiled) > 0 || len(removed) > 0 {
 		s.policyChangedLocked()

@@ -5,19 +5,42 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ambit-mesh/ambit/api/security"
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/authz"
 	"github.com/ambit-mesh/ambit/ztunnel/xds"
 )
 
 func uid(ns, name string) string { return "Kubernetes//Pod/" + ns + "/" + name }
+
+// resource makes the xds.Resource the client hands over for a generated Address or
+// Authorization: encoded, then decoded by apiwire. A message that does not decode gives a
+// Resource with no body, which Update refuses.
+func resource(name string, m proto.Message, aliases ...string) xds.Resource {
+	r := xds.Resource{Name: name, Aliases: aliases}
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return r
+	}
+	switch m.(type) {
+	case *workload.Address:
+		r.Workload, r.Service, _ = apiwire.DecodeAddress(b)
+	case *security.Authorization:
+		r.Authorization, _ = apiwire.DecodeAuthorization(b)
+	}
+	return r
+}
 
 type wlOpt func(*workload.Workload)
 
@@ -45,7 +68,7 @@ func wl(ns, name, ip string, opts ...wlOpt) xds.Resource {
 	for _, o := range opts {
 		o(w)
 	}
-	return xds.Resource{Name: w.Uid, Message: &workload.Address{Type: &workload.Address_Workload{Workload: w}}, Aliases: []string{"/" + ip}}
+	return resource(w.Uid, &workload.Address{Type: &workload.Address_Workload{Workload: w}}, "/"+ip)
 }
 
 func svc(ns, name, vip string, ports ...uint32) xds.Resource {
@@ -55,12 +78,12 @@ func svc(ns, name, vip string, ports ...uint32) xds.Resource {
 	for i := 0; i+1 < len(ports); i += 2 {
 		s.Ports = append(s.Ports, &workload.Port{ServicePort: ports[i], TargetPort: ports[i+1]})
 	}
-	return xds.Resource{Name: ns + "/" + host, Message: &workload.Address{Type: &workload.Address_Service{Service: s}}, Aliases: []string{"/" + vip}}
+	return resource(ns+"/"+host, &workload.Address{Type: &workload.Address_Service{Service: s}}, "/"+vip)
 }
 
 func pol(ns, name string, scope security.Scope, action security.Action, m *security.Match) xds.Resource {
-	return xds.Resource{Name: ns + "/" + name, Message: &security.Authorization{Name: name, Namespace: ns, Scope: scope, Action: action,
-		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{m}}}}}}}
+	return resource(ns+"/"+name, &security.Authorization{Name: name, Namespace: ns, Scope: scope, Action: action,
+		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{m}}}}}})
 }
 
 func mustUpdate(t *testing.T, s *State, typ string, set []xds.Resource, removed ...string) {
@@ -254,8 +277,8 @@ func TestPoliciesAndChanges(t *testing.T) {
 
 	denyOps := pol("shop", "deny-ops", security.Scope_WORKLOAD_SELECTOR, security.Action_DENY,
 		&security.Match{Namespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "ops"}}}})
-	bad := xds.Resource{Name: "shop/bad", Message: &security.Authorization{Name: "bad", Namespace: "shop", Rules: []*security.Rule{{Clauses: []*security.Clause{{
-		Matches: []*security.Match{{SourceIps: []*security.Address{{Address: []byte{1, 2, 3}}}}}}}}}}}
+	bad := resource("shop/bad", &security.Authorization{Name: "bad", Namespace: "shop", Rules: []*security.Rule{{Clauses: []*security.Clause{{
+		Matches: []*security.Match{{SourceIps: []*security.Address{{Address: []byte{1, 2, 3}}}}}}}}}})
 	err := s.Update(xds.AuthorizationType, []xds.Resource{denyOps, bad}, nil)
 	if err == nil || !strings.Contains(err.Error(), "shop/bad") {
 		t.Errorf("Update with an invalid policy: got %v, want an error naming shop/bad", err)
@@ -305,16 +328,42 @@ func TestPoliciesAndChanges(t *testing.T) {
 
 func TestDump(t *testing.T) {
 	s := New(Config{})
-	mustUpdate(t, s, xds.AddressType, []xds.Resource{wl("shop", "web-1", "10.1.0.5"), svc("shop", "web", "10.96.0.10", 80, 8080)})
-	mustUpdate(t, s, xds.AuthorizationType, []xds.Resource{pol("shop", "p", security.Scope_NAMESPACE, security.Action_ALLOW, &security.Match{DestinationPorts: []uint32{80}})})
+	waypoint := func(w *workload.Workload) {
+		w.Waypoint = &workload.GatewayAddress{Destination: &workload.GatewayAddress_Hostname{Hostname: &workload.NamespacedHostname{
+			Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local"}}, HboneMtlsPort: 15008}
+	}
+	mustUpdate(t, s, xds.AddressType, []xds.Resource{wl("shop", "web-1", "10.1.0.5", waypoint), svc("shop", "web", "10.96.0.10", 80, 8080)})
+	match := &security.Match{DestinationPorts: []uint32{80}, Principals: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{}}}}
+	mustUpdate(t, s, xds.AuthorizationType, []xds.Resource{pol("shop", "p", security.Scope_NAMESPACE, security.Action_DENY, match)})
 	b, err := json.Marshal(s.Dump())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"uid":"Kubernetes//Pod/shop/web-1"`, `"addresses":["10.1.0.5"]`, `"key":"shop/web.shop.svc.cluster.local"`, `"destinationPorts":[80]`} {
+	for _, want := range []string{
+		`"uid":"Kubernetes//Pod/shop/web-1"`, `"addresses":["10.1.0.5"]`, `"key":"shop/web.shop.svc.cluster.local"`,
+		// The shape encoding/json gave api/workload's generated GatewayAddress.
+		`"waypoint":{"Destination":{"Hostname":{"namespace":"shop","hostname":"waypoint.shop.svc.cluster.local"}},"hbone_mtls_port":15008}`,
+	} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("dump %s: missing %s", b, want)
 		}
+	}
+	// Policies in protobuf JSON, as protojson wrote them.
+	var got struct{ Policies []any }
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	pj, err := protojson.Marshal(&security.Authorization{Name: "p", Namespace: "shop", Scope: security.Scope_NAMESPACE, Action: security.Action_DENY,
+		Rules: []*security.Rule{{Clauses: []*security.Clause{{Matches: []*security.Match{match}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want any
+	if err := json.Unmarshal(pj, &want); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Policies) != 1 || !reflect.DeepEqual(got.Policies[0], want) {
+		t.Errorf("got policies %v, want [%v]", got.Policies, want)
 	}
 }
 
@@ -322,7 +371,7 @@ func TestUpdateRefusesMismatches(t *testing.T) {
 	s := New(Config{})
 	r := wl("shop", "web-1", "10.1.0.5")
 	r.Name = "other"
-	if err := s.Update(xds.AddressType, []xds.Resource{r, {Name: "x", Message: &workload.Address{}}}, nil); err == nil {
+	if err := s.Update(xds.AddressType, []xds.Resource{r, resource("x", &workload.Address{})}, nil); err == nil {
 		t.Error("Update with a mismatched name and an empty address: got no error")
 	}
 	if err := s.Update("type.googleapis.com/other", nil, nil); err == nil {

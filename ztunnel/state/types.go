@@ -3,7 +3,7 @@ package state
 import (
 	"net/netip"
 
-	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 // Workload is a pod as ztunnel knows it. It is immutable: an update replaces it.
@@ -26,9 +26,9 @@ type Workload struct {
 	AuthorizationPolicies []string `json:"authorizationPolicies,omitempty"`
 	Healthy               bool     `json:"healthy"`
 	// Waypoint is the waypoint traffic to the workload goes through, if any.
-	Waypoint *workload.GatewayAddress `json:"waypoint,omitempty"`
-	// Proto is the resource as received, for fields not lifted here.
-	Proto *workload.Workload `json:"-"`
+	Waypoint *apiwire.GatewayAddress `json:"waypoint,omitempty"`
+	// Resource is the resource as received, for fields not lifted here.
+	Resource *apiwire.Workload `json:"-"`
 }
 
 // Identity returns the workload's SPIFFE id, spiffe://<td>/ns/<ns>/sa/<sa>.
@@ -39,9 +39,9 @@ func (w *Workload) Identity() string {
 // Port is one port of a service: ServicePort on the VIP, TargetPort on the endpoint (0 in a
 // Service's own list when it is a named port resolved per workload).
 type Port struct {
-	ServicePort uint16               `json:"servicePort"`
-	TargetPort  uint16               `json:"targetPort"`
-	AppProtocol workload.AppProtocol `json:"appProtocol,omitempty"`
+	ServicePort uint16              `json:"servicePort"`
+	TargetPort  uint16              `json:"targetPort"`
+	AppProtocol apiwire.AppProtocol `json:"appProtocol,omitempty"`
 }
 
 // NetworkAddr is an address within a network ("" is the default network).
@@ -60,9 +60,9 @@ type Service struct {
 	VIPs      []NetworkAddr `json:"vips,omitempty"`
 	Ports     []Port        `json:"ports,omitempty"`
 	// SubjectAltNames, when set, are the identities its endpoints may present.
-	SubjectAltNames []string                 `json:"subjectAltNames,omitempty"`
-	Waypoint        *workload.GatewayAddress `json:"waypoint,omitempty"`
-	Proto           *workload.Service        `json:"-"`
+	SubjectAltNames []string                `json:"subjectAltNames,omitempty"`
+	Waypoint        *apiwire.GatewayAddress `json:"waypoint,omitempty"`
+	Resource        *apiwire.Service        `json:"-"`
 }
 
 // Port returns the service's port of number servicePort.
@@ -75,29 +75,29 @@ func (s *Service) Port(servicePort uint16) (Port, bool) {
 	return Port{}, false
 }
 
-func ports(in []*workload.Port) []Port {
+func ports(in []apiwire.Port) []Port {
 	if len(in) == 0 {
 		return nil
 	}
 	out := make([]Port, 0, len(in))
 	for _, p := range in {
-		if p.GetServicePort() == 0 || p.GetServicePort() > 65535 || p.GetTargetPort() > 65535 {
+		if p.ServicePort == 0 || p.ServicePort > 65535 || p.TargetPort > 65535 {
 			continue
 		}
-		out = append(out, Port{ServicePort: uint16(p.GetServicePort()), TargetPort: uint16(p.GetTargetPort()), AppProtocol: p.GetAppProtocol()})
+		out = append(out, Port{ServicePort: uint16(p.ServicePort), TargetPort: uint16(p.TargetPort), AppProtocol: p.AppProtocol})
 	}
 	return out
 }
 
-func fromWorkload(w *workload.Workload) *Workload {
+func fromWorkload(w *apiwire.Workload) *Workload {
 	out := &Workload{
-		UID: w.GetUid(), Name: w.GetName(), Namespace: w.GetNamespace(), Network: w.GetNetwork(),
-		HBONE:       w.GetTunnelProtocol() == workload.TunnelProtocol_HBONE,
-		TrustDomain: w.GetTrustDomain(), ServiceAccount: w.GetServiceAccount(), Node: w.GetNode(),
-		AuthorizationPolicies: w.GetAuthorizationPolicies(),
-		Healthy:               w.GetStatus() == workload.WorkloadStatus_HEALTHY,
-		Waypoint:              w.GetWaypoint(),
-		Proto:                 w,
+		UID: w.UID, Name: w.Name, Namespace: w.Namespace, Network: w.Network,
+		HBONE:       w.TunnelProtocol == apiwire.TunnelHBONE,
+		TrustDomain: w.TrustDomain, ServiceAccount: w.ServiceAccount, Node: w.Node,
+		AuthorizationPolicies: w.AuthorizationPolicies,
+		Healthy:               w.Status == apiwire.StatusHealthy,
+		Waypoint:              w.Waypoint,
+		Resource:              w,
 	}
 	if out.TrustDomain == "" {
 		out.TrustDomain = "cluster.local"
@@ -105,28 +105,28 @@ func fromWorkload(w *workload.Workload) *Workload {
 	if out.ServiceAccount == "" {
 		out.ServiceAccount = "default"
 	}
-	for _, b := range w.GetAddresses() {
+	for _, b := range w.Addresses {
 		if a, ok := netip.AddrFromSlice(b); ok {
 			out.Addresses = append(out.Addresses, a.Unmap())
 		}
 	}
-	if len(w.GetServices()) > 0 {
-		out.Services = make(map[string][]Port, len(w.GetServices()))
-		for k, pl := range w.GetServices() {
-			out.Services[k] = ports(pl.GetPorts())
+	if len(w.Services) > 0 {
+		out.Services = make(map[string][]Port, len(w.Services))
+		for k, pl := range w.Services {
+			out.Services[k] = ports(pl)
 		}
 	}
 	return out
 }
 
-func fromService(key string, s *workload.Service) *Service {
+func fromService(key string, s *apiwire.Service) *Service {
 	out := &Service{
-		Key: key, Name: s.GetName(), Namespace: s.GetNamespace(), Hostname: s.GetHostname(),
-		Ports: ports(s.GetPorts()), SubjectAltNames: s.GetSubjectAltNames(), Waypoint: s.GetWaypoint(), Proto: s,
+		Key: key, Name: s.Name, Namespace: s.Namespace, Hostname: s.Hostname,
+		Ports: ports(s.Ports), SubjectAltNames: s.SubjectAltNames, Waypoint: s.Waypoint, Resource: s,
 	}
-	for _, a := range s.GetAddresses() {
-		if ip, ok := netip.AddrFromSlice(a.GetAddress()); ok {
-			out.VIPs = append(out.VIPs, NetworkAddr{Network: a.GetNetwork(), Addr: ip.Unmap()})
+	for _, a := range s.Addresses {
+		if ip, ok := netip.AddrFromSlice(a.Address); ok {
+			out.VIPs = append(out.VIPs, NetworkAddr{Network: a.Network, Addr: ip.Unmap()})
 		}
 	}
 	return out

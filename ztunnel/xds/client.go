@@ -11,12 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
-
-	"github.com/ambit-mesh/ambit/api/discovery"
-	"github.com/ambit-mesh/ambit/api/security"
-	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/grpcwire"
 )
 
@@ -27,8 +22,11 @@ type Resource struct {
 	Version string
 	// Aliases are the other names it may be looked up by ("<network>/<ip>").
 	Aliases []string
-	// Message is a *workload.Address or a *security.Authorization.
-	Message proto.Message
+	// Exactly one of the fields below is set: Workload or Service for an Address resource,
+	// Authorization for an Authorization resource.
+	Workload      *apiwire.Workload
+	Service       *apiwire.Service
+	Authorization *apiwire.Authorization
 }
 
 // Sink receives what the server sends. Update is called from one goroutine at a time, in the
@@ -85,23 +83,20 @@ type stream struct {
 	s  *grpcwire.Stream
 }
 
-func (s *stream) send(r *discovery.DeltaDiscoveryRequest) error {
-	b, err := proto.Marshal(r)
-	if err != nil {
-		return fmt.Errorf("encoding xds request: %w", err)
-	}
+func (s *stream) send(r *apiwire.DeltaRequest) error {
+	b := r.Marshal()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.s.Send(b)
 }
 
-func (s *stream) recv() (*discovery.DeltaDiscoveryResponse, error) {
+func (s *stream) recv() (*apiwire.DeltaResponse, error) {
 	b, err := s.s.Recv()
 	if err != nil {
 		return nil, err
 	}
-	resp := &discovery.DeltaDiscoveryResponse{}
-	if err := proto.Unmarshal(b, resp); err != nil {
+	resp, err := apiwire.DecodeDeltaResponse(b)
+	if err != nil {
 		return nil, fmt.Errorf("decoding xds response: %w", err)
 	}
 	return resp, nil
@@ -193,7 +188,7 @@ func (c *Client) serve(ctx context.Context, conn *grpcwire.Conn) (healthy bool, 
 	if token != "" {
 		md = grpcwire.Metadata{"authorization": "Bearer " + token}
 	}
-	s, err := conn.NewStream(sctx, discovery.DeltaAggregatedResourcesMethod, md)
+	s, err := conn.NewStream(sctx, deltaADSMethod, md)
 	if err != nil {
 		return false, fmt.Errorf("opening xds stream: %w", err)
 	}
@@ -233,9 +228,9 @@ func (c *Client) start(st *stream) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, typeURL := range []string{AddressType, AuthorizationType} {
-		req := &discovery.DeltaDiscoveryRequest{
+		req := &apiwire.DeltaRequest{
 			Node:                    c.cfg.node(),
-			TypeUrl:                 typeURL,
+			TypeURL:                 typeURL,
 			ResourceNamesSubscribe:  []string{"*"},
 			InitialResourceVersions: cloneVersions(c.versions[typeURL]),
 		}
@@ -266,25 +261,26 @@ func cloneVersions(m map[string]string) map[string]string {
 }
 
 // handle decodes and applies one response and returns its ACK or NACK.
-func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.DeltaDiscoveryRequest {
-	typeURL := resp.GetTypeUrl()
-	ack := &discovery.DeltaDiscoveryRequest{TypeUrl: typeURL, ResponseNonce: resp.GetNonce()}
+func (c *Client) handle(resp *apiwire.DeltaResponse) *apiwire.DeltaRequest {
+	typeURL := resp.TypeURL
+	ack := &apiwire.DeltaRequest{TypeURL: typeURL, ResponseNonce: resp.Nonce}
 	var problems []string
-	set := make([]Resource, 0, len(resp.GetResources()))
-	for _, r := range resp.GetResources() {
-		msg, err := decode(typeURL, r.GetResource())
+	set := make([]Resource, 0, len(resp.Resources))
+	for _, r := range resp.Resources {
+		res, err := decode(typeURL, r.Body)
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", r.GetName(), err))
+			problems = append(problems, fmt.Sprintf("%s: %v", r.Name, err))
 			continue
 		}
-		set = append(set, Resource{Name: r.GetName(), Version: r.GetVersion(), Aliases: r.GetAliases(), Message: msg})
+		res.Name, res.Version, res.Aliases = r.Name, r.Version, r.Aliases
+		set = append(set, res)
 	}
 	if typeURL != AddressType && typeURL != AuthorizationType {
 		problems = append(problems, fmt.Sprintf("type %s is not one this client subscribes to", typeURL))
 		set = nil
 	}
-	removed := make([]string, 0, len(resp.GetRemovedResources()))
-	for _, name := range resp.GetRemovedResources() {
+	removed := make([]string, 0, len(resp.RemovedResources))
+	for _, name := range resp.RemovedResources {
 		if !strings.HasPrefix(name, probePrefix) {
 			removed = append(removed, name)
 		}
@@ -296,11 +292,11 @@ func (c *Client) handle(resp *discovery.DeltaDiscoveryResponse) *discovery.Delta
 	if sinkErr != nil {
 		problems = append(problems, sinkErr.Error())
 	}
-	c.record(typeURL, set, resp.GetRemovedResources(), sinkErr == nil)
+	c.record(typeURL, set, resp.RemovedResources, sinkErr == nil)
 	if len(problems) > 0 {
 		msg := fmt.Sprintf("refused %d resource(s) of %s: %s", len(problems), typeURL, joinLimited(problems))
-		c.cfg.Logger.Warn("xds response refused", "type", typeURL, "nonce", resp.GetNonce(), "error", msg)
-		ack.ErrorDetail = &discovery.Status{Code: int32(grpcwire.InvalidArgument), Message: msg}
+		c.cfg.Logger.Warn("xds response refused", "type", typeURL, "nonce", resp.Nonce, "error", msg)
+		ack.ErrorDetail = &apiwire.Status{Code: int32(grpcwire.InvalidArgument), Message: msg}
 	}
 	return ack
 }
@@ -320,29 +316,31 @@ func joinLimited(ps []string) string {
 	return out
 }
 
-func decode(typeURL string, a *anypb.Any) (proto.Message, error) {
+// decode decodes a resource's body into the Resource field of its type.
+func decode(typeURL string, a *apiwire.Any) (Resource, error) {
+	var r Resource
 	if a == nil {
-		return nil, errors.New("no resource body")
+		return r, errors.New("no resource body")
 	}
-	if a.GetTypeUrl() != typeURL {
-		return nil, fmt.Errorf("body is a %s, want %s", a.GetTypeUrl(), typeURL)
+	if a.TypeURL != typeURL {
+		return r, fmt.Errorf("body is a %s, want %s", a.TypeURL, typeURL)
 	}
-	var m proto.Message
+	var err error
 	switch typeURL {
 	case AddressType:
-		m = &workload.Address{}
+		r.Workload, r.Service, err = apiwire.DecodeAddress(a.Value)
+		if err == nil && r.Workload == nil && r.Service == nil {
+			return r, errors.New("address is neither a workload nor a service")
+		}
 	case AuthorizationType:
-		m = &security.Authorization{}
+		r.Authorization, err = apiwire.DecodeAuthorization(a.Value)
 	default:
-		return nil, fmt.Errorf("unknown type %s", typeURL)
+		return r, fmt.Errorf("unknown type %s", typeURL)
 	}
-	if err := proto.Unmarshal(a.GetValue(), m); err != nil {
-		return nil, fmt.Errorf("decoding: %w", err)
+	if err != nil {
+		return r, fmt.Errorf("decoding: %w", err)
 	}
-	if addr, ok := m.(*workload.Address); ok && addr.GetType() == nil {
-		return nil, errors.New("address is neither a workload nor a service")
-	}
-	return m, nil
+	return r, nil
 }
 
 // record notes what was applied (versions only when the sink accepted them, so a refused
@@ -480,12 +478,12 @@ func (c *Client) Subscribe(ctx context.Context, name string) (found bool, err er
 	c.mu.Unlock()
 	if st != nil {
 		// A failed send ends the stream; the next one subscribes again.
-		_ = st.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressType, ResourceNamesSubscribe: []string{name, probe}})
+		_ = st.send(&apiwire.DeltaRequest{TypeURL: AddressType, ResourceNamesSubscribe: []string{name, probe}})
 		defer func() {
 			c.mu.Lock()
 			delete(c.probes, probe)
 			c.mu.Unlock()
-			_ = st.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressType, ResourceNamesUnsubscribe: []string{probe}})
+			_ = st.send(&apiwire.DeltaRequest{TypeURL: AddressType, ResourceNamesUnsubscribe: []string{probe}})
 		}()
 	}
 	select {
@@ -502,6 +500,10 @@ func (c *Client) Subscribe(ctx context.Context, name string) (found bool, err er
 	}
 	return c.known(name), nil
 }
+
+// deltaADSMethod is Envoy's delta ADS method, api/discovery's DeltaAggregatedResourcesMethod
+// (importing it would link the protobuf runtime).
+const deltaADSMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 
 // probePrefix starts the names of probes: no workload UID, Service key or alias has this form.
 const probePrefix = "ambit.ztunnel/sync-probe/"

@@ -25,7 +25,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ambit-mesh/ambit/api/security"
@@ -133,13 +132,13 @@ func (f *fakeStream) push(t *testing.T, r *discovery.DeltaDiscoveryResponse) {
 // recordingSink records updates; fail refuses resources by name.
 type recordingSink struct {
 	mu      sync.Mutex
-	have    map[string]map[string]proto.Message
+	have    map[string]map[string]Resource
 	updates int
 	fail    map[string]bool
 }
 
 func newSink() *recordingSink {
-	return &recordingSink{have: map[string]map[string]proto.Message{AddressType: {}, AuthorizationType: {}}, fail: map[string]bool{}}
+	return &recordingSink{have: map[string]map[string]Resource{AddressType: {}, AuthorizationType: {}}, fail: map[string]bool{}}
 }
 
 func (s *recordingSink) Update(typeURL string, set []Resource, removed []string) error {
@@ -155,7 +154,7 @@ func (s *recordingSink) Update(typeURL string, set []Resource, removed []string)
 			bad = append(bad, r.Name)
 			continue
 		}
-		s.have[typeURL][r.Name] = r.Message
+		s.have[typeURL][r.Name] = r
 	}
 	if len(bad) > 0 {
 		return fmt.Errorf("sink refused %v", bad)
@@ -540,5 +539,12 @@ func TestNewRefusesBadConfig(t *testing.T) {
 	}
 	if err := c.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "RootCAFile") {
 		t.Errorf("Run without TLS roots: got %v, want an error naming RootCAFile", err)
+	}
+}
+
+// TestDeltaADSMethod: the path ztunnel calls is Envoy's.
+func TestDeltaADSMethod(t *testing.T) {
+	if want := discovery.AggregatedDiscoveryService_DeltaAggregatedResources_FullMethodName; deltaADSMethod != want {
+		t.Errorf("got %s, want %s", deltaADSMethod, want)
 	}
 }

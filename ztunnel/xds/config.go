@@ -5,9 +5,7 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/protobuf/types/known/structpb"
-
-	"github.com/ambit-mesh/ambit/api/discovery"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/grpcwire"
 	"github.com/ambit-mesh/ambit/ztunnel/istiod"
 )
@@ -72,18 +70,18 @@ func (c Config) NodeID() string {
 	return fmt.Sprintf("ztunnel~%s~%s.%s~%s.svc.cluster.local", c.PodIP, c.PodName, c.PodNamespace, c.PodNamespace)
 }
 
-func (c Config) node() *discovery.Node {
-	fields := map[string]*structpb.Value{}
+func (c Config) node() *apiwire.Node {
+	fields := map[string]string{}
 	if c.NodeName != "" {
-		fields[NodeNameKey] = structpb.NewStringValue(c.NodeName)
+		fields[NodeNameKey] = c.NodeName
 	}
 	if c.PodNamespace != "" {
-		fields["NAMESPACE"] = structpb.NewStringValue(c.PodNamespace)
+		fields["NAMESPACE"] = c.PodNamespace
 	}
 	if c.PodName != "" {
-		fields["NAME"] = structpb.NewStringValue(c.PodName)
+		fields["NAME"] = c.PodName
 	}
-	return &discovery.Node{Id: c.NodeID(), Metadata: &structpb.Struct{Fields: fields}}
+	return &apiwire.Node{ID: c.NodeID(), Metadata: fields}
 }
 
 func (c Config) dial() (*grpcwire.Conn, error) {

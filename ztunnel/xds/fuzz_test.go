@@ -8,6 +8,7 @@ import (
 
 	"github.com/ambit-mesh/ambit/api/discovery"
 	"github.com/ambit-mesh/ambit/api/workload"
+	"github.com/ambit-mesh/ambit/internal/apiwire"
 )
 
 // FuzzHandle feeds arbitrary responses, as a server could send them, through decoding,
@@ -25,8 +26,8 @@ func FuzzHandle(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var resp discovery.DeltaDiscoveryResponse
-		if proto.Unmarshal(b, &resp) != nil {
+		resp, err := apiwire.DecodeDeltaResponse(b)
+		if err != nil {
 			return
 		}
 		c, err := New(Config{Address: "127.0.0.1:1", Plaintext: true}, newSink())
@@ -35,11 +36,11 @@ func FuzzHandle(f *testing.F) {
 		}
 		c.names["/10.0.0.1"] = &lookup{done: make(chan struct{})}
 		for range 2 {
-			ack := c.handle(&resp)
-			if ack.GetResponseNonce() != resp.GetNonce() || ack.GetTypeUrl() != resp.GetTypeUrl() {
-				t.Fatalf("ack %v for response %v", ack, &resp)
+			ack := c.handle(resp)
+			if ack.ResponseNonce != resp.Nonce || ack.TypeURL != resp.TypeURL {
+				t.Fatalf("ack %+v for response %+v", ack, resp)
 			}
-			if ack.GetErrorDetail() != nil && ack.GetErrorDetail().GetMessage() == "" {
+			if ack.ErrorDetail != nil && ack.ErrorDetail.Message == "" {
 				t.Fatal("NACK without a message")
 			}
 		}
