@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -26,14 +27,18 @@ type (
 		Waypoint       *gatewayAddress  `json:"waypoint"`
 		Healthy        bool             `json:"healthy"`
 	}
+	// gatewayAddress is how ztunnel's dump writes a waypoint: the workload API's
+	// GatewayAddress with its oneof under "Destination" and the address as base64 bytes.
 	gatewayAddress struct {
-		Hostname *struct {
-			Namespace string `json:"namespace"`
-			Hostname  string `json:"hostname"`
-		} `json:"hostname"`
-		Address *struct {
-			Address string `json:"address"`
-		} `json:"address"`
+		Destination struct {
+			Hostname *struct {
+				Namespace string `json:"namespace"`
+				Hostname  string `json:"hostname"`
+			} `json:"Hostname"`
+			Address *struct {
+				Address []byte `json:"address"`
+			} `json:"Address"`
+		} `json:"Destination"`
 	}
 	service struct {
 		Key       string `json:"key"`
@@ -142,10 +147,13 @@ func waypointName(g *gatewayAddress) string {
 	switch {
 	case g == nil:
 		return "None"
-	case g.Hostname != nil:
-		return g.Hostname.Hostname
-	case g.Address != nil:
-		return g.Address.Address
+	case g.Destination.Hostname != nil:
+		return g.Destination.Hostname.Hostname
+	case g.Destination.Address != nil:
+		if a, ok := netip.AddrFromSlice(g.Destination.Address.Address); ok {
+			return a.String()
+		}
+		return fmt.Sprintf("invalid address %x", g.Destination.Address.Address)
 	}
 	return "None"
 }
