@@ -12,32 +12,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (w, r *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	d, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := <-accepted
-	if a == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { d.Close(); a.Close() })
-	return d.(*net.TCPConn), a.(*net.TCPConn)
-}
+	"github.com/ambit-mesh/ambit/internal/testutil"
+)
 
 // copyThrough sends size pattern bytes through an echoing stream and CopyTo's them into a
 // TCP socket whose other end read drains; it returns what CopyTo and count reported, the
@@ -45,7 +22,7 @@ func tcpPair(t testing.TB) (w, r *net.TCPConn) {
 func copyThrough(t *testing.T, e *env, size int64, read func(*net.TCPConn) (int64, []byte, error)) (n, counted, direct int64, got int64, sum []byte, err error) {
 	t.Helper()
 	s := e.dial(t, 80)
-	w, r := tcpPair(t)
+	w, r := testutil.TCPPair(t)
 	return copyStream(s, w, r, size, read)
 }
 
@@ -228,7 +205,7 @@ func TestCopyToTCPConcurrent(t *testing.T) {
 	errs := make(chan error, streams)
 	for i := range streams {
 		s := e.dial(t, 80)
-		w, r := tcpPair(t)
+		w, r := testutil.TCPPair(t)
 		go func() {
 			read := hashAll
 			if i%2 == 1 {

@@ -4,6 +4,8 @@ import (
 	"io"
 	"net"
 	"testing"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // BenchmarkRelay16 is ztunnel's data path in one process: 16 apps each do 1 KiB request /
@@ -49,7 +51,7 @@ func BenchmarkRelay16(b *testing.B) {
 			})
 			apps := make(chan io.ReadWriter, 16)
 			for range 16 {
-				app, proxied := tcpPair(b)
+				app, proxied := testutil.TCPPair(b)
 				go relay(proxied, e.dial(b, 80))
 				apps <- app
 			}

@@ -9,38 +9,18 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 // pair returns a Conn and the *net.TCPConn at the other end of it, over loopback.
 func pair(t *testing.T) (*Conn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	d, peer := testutil.TCPPair(t)
+	c, err := New(d)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	d, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := <-accepted
-	if peer == nil {
-		t.Fatal("accept failed")
-	}
-	c, err := New(d.(*net.TCPConn))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		peer.Close()
-	})
-	return c, peer.(*net.TCPConn)
+	return c, peer
 }
 
 func TestReadWriteEOF(t *testing.T) {

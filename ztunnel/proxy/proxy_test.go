@@ -2,13 +2,13 @@ package proxy
 
 import (
 	"io"
-	"net"
 	"net/netip"
 	"regexp"
 	"testing"
 
 	"github.com/ambit-mesh/ambit/internal/apiwire"
 	"github.com/ambit-mesh/ambit/internal/hbone"
+	"github.com/ambit-mesh/ambit/internal/testutil"
 )
 
 func TestForwardedFor(t *testing.T) {
@@ -65,8 +65,8 @@ func TestBaggage(t *testing.T) {
 // TestRelayHalfClose checks that each direction ends on its own: the client's half-close
 // reaches the server, which can still answer.
 func TestRelayHalfClose(t *testing.T) {
-	client, clientSide := tcpPair(t)
-	serverSide, server := tcpPair(t)
+	client, clientSide := testutil.TCPPair(t)
+	serverSide, server := testutil.TCPPair(t)
 	done := make(chan [2]int64, 1)
 	go func() {
 		a, b, err := relay(clientSide, serverSide, nopRecord{})
@@ -76,7 +76,7 @@ func TestRelayHalfClose(t *testing.T) {
 		done <- [2]int64{a, b}
 	}()
 	client.Write([]byte("request"))
-	client.(*net.TCPConn).CloseWrite()
+	client.CloseWrite()
 	got, err := io.ReadAll(server)
 	if err != nil || string(got) != "request" {
 		t.Fatalf("server read %q, %v; want the request then EOF", got, err)
@@ -91,24 +91,4 @@ func TestRelayHalfClose(t *testing.T) {
 		t.Errorf("relay counted %v bytes, want 7 each way", n)
 	}
 	client.Close()
-}
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (net.Conn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
 }

@@ -33,8 +33,8 @@ type pipeConn struct{ net.Conn }
 // on the buffered one, and each direction is counted as its own.
 func TestRelayCountsWhileOpen(t *testing.T) {
 	for _, buffered := range []bool{false, true} {
-		client, clientSide := tcpPair(t)
-		serverSide, server := tcpPair(t)
+		client, clientSide := testutil.TCPPair(t)
+		serverSide, server := testutil.TCPPair(t)
 		var a net.Conn = clientSide
 		if buffered {
 			a = pipeConn{clientSide}
@@ -103,8 +103,8 @@ func BenchmarkIdleRelayMemory(b *testing.B) {
 		var ends []net.Conn
 		var wg sync.WaitGroup
 		for range conns {
-			client, clientSide := tcpPair(b)
-			serverSide, server := tcpPair(b)
+			client, clientSide := testutil.TCPPair(b)
+			serverSide, server := testutil.TCPPair(b)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
