@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"strings"
 	"sync"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // DefaultMaxRecvSize is the largest message a call accepts unless Options say otherwise; it is
@@ -30,18 +31,19 @@ type Options struct {
 }
 
 // Conn calls methods of one server. It opens its HTTP/2 connection on the first call and
-// opens another when that one fails; calls may run concurrently. Close it when done.
+// opens another when that one fails or the server sends GOAWAY; calls may run concurrently,
+// and share the connection. Close it when done.
 type Conn struct {
 	address string
-	base    string // scheme://address
+	scheme  string
 	opts    Options
-	rt      http.RoundTripper
-	closeRT func()
 
 	// mu guards the fields below.
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{} // TCP connections open, closed by Close
-	closed bool
+	mu      sync.Mutex
+	cur     *transport              // the connection new calls use, if any
+	dialing chan struct{}           // closed when the dial in progress ends; nil if none
+	all     map[*transport]struct{} // connections open, closed by Close
+	closed  bool
 }
 
 // ErrClosed is returned by calls on a closed Conn.
@@ -52,8 +54,14 @@ func New(address string, o Options) (*Conn, error) {
 	if _, _, err := net.SplitHostPort(address); err != nil {
 		return nil, fmt.Errorf("grpc address %q: %w", address, err)
 	}
+	if !validValue(address) {
+		return nil, fmt.Errorf("grpc address %q: not a valid :authority", address)
+	}
 	if o.UserAgent == "" {
 		o.UserAgent = "ambit-grpcwire"
+	}
+	if !validValue(o.UserAgent) {
+		return nil, fmt.Errorf("user agent %q: control characters are not allowed in a header value", o.UserAgent)
 	}
 	if o.MaxRecvSize <= 0 {
 		o.MaxRecvSize = DefaultMaxRecvSize
@@ -62,53 +70,99 @@ func New(address string, o Options) (*Conn, error) {
 		var d net.Dialer
 		o.Dial = d.DialContext
 	}
-	c := &Conn{address: address, opts: o, conns: map[net.Conn]struct{}{}}
-	scheme := "http://"
+	scheme := "http"
 	if o.TLS != nil {
-		scheme = "https://"
+		scheme = "https"
 	}
-	c.base = scheme + address
-	c.rt, c.closeRT = newTransport(o.TLS, c.dial)
-	return c, nil
+	return &Conn{address: address, scheme: scheme, opts: o, all: map[*transport]struct{}{}}, nil
 }
 
-// dial opens a TCP connection and tracks it until it is closed, so that Close ends every
-// connection even one whose last stream is still being torn down.
-func (c *Conn) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return nil, ErrClosed
+// transport returns the connection for a new call, dialing one if there is none that takes
+// new streams. Concurrent calls wait for one dial.
+func (c *Conn) transport(ctx context.Context) (*transport, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if t := c.cur; t != nil && t.usable() {
+			c.mu.Unlock()
+			return t, nil
+		}
+		if ch := c.dialing; ch != nil {
+			c.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		ch := make(chan struct{})
+		c.dialing = ch
+		c.mu.Unlock()
+		t, err := c.connect(ctx)
+		c.mu.Lock()
+		c.dialing = nil
+		close(ch)
+		if err == nil && c.closed {
+			err = ErrClosed
+		} else if err == nil {
+			c.cur = t
+			c.all[t] = struct{}{}
+		}
+		c.mu.Unlock()
+		if err != nil {
+			if t != nil {
+				t.close(err)
+			}
+			return nil, err
+		}
+		return t, nil
 	}
-	nc, err := c.opts.Dial(ctx, network, address)
+}
+
+// connect dials the server and starts HTTP/2 on the connection: after a TLS handshake that
+// must agree on h2 (ALPN), or at once (h2c with prior knowledge).
+func (c *Conn) connect(ctx context.Context) (*transport, error) {
+	nc, err := c.opts.Dial(ctx, "tcp", c.address)
 	if err != nil {
 		return nil, err
 	}
+	if c.opts.TLS != nil {
+		conf := c.opts.TLS.Clone()
+		conf.NextProtos = []string{"h2"}
+		if conf.ServerName == "" {
+			conf.ServerName, _, _ = net.SplitHostPort(c.address)
+		}
+		tc := tls.Client(nc, conf)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, err
+		}
+		if p := tc.ConnectionState().NegotiatedProtocol; p != "h2" {
+			tc.Close()
+			return nil, fmt.Errorf("the server negotiated the application protocol %q (ALPN), not h2: it does not serve HTTP/2 on this port", p)
+		}
+		nc = tc
+	}
+	t := newTransport(nc, c.forget)
+	if err := t.start(ctx); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// forget drops a connection that has closed.
+func (c *Conn) forget(t *transport) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed {
-		nc.Close()
-		return nil, ErrClosed
+	delete(c.all, t)
+	if c.cur == t {
+		c.cur = nil
 	}
-	tc := &trackedConn{Conn: nc, c: c}
-	c.conns[tc] = struct{}{}
-	return tc, nil
-}
-
-type trackedConn struct {
-	net.Conn
-	c    *Conn
-	once sync.Once
-}
-
-func (t *trackedConn) Close() error {
-	t.once.Do(func() {
-		t.c.mu.Lock()
-		delete(t.c.conns, t)
-		t.c.mu.Unlock()
-	})
-	return t.Conn.Close()
 }
 
 // Close closes every connection; calls still running fail. Streams should be ended (their
@@ -116,14 +170,13 @@ func (t *trackedConn) Close() error {
 func (c *Conn) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	conns := make([]net.Conn, 0, len(c.conns))
-	for nc := range c.conns {
-		conns = append(conns, nc)
+	all := make([]*transport, 0, len(c.all))
+	for t := range c.all {
+		all = append(all, t)
 	}
 	c.mu.Unlock()
-	c.closeRT()
-	for _, nc := range conns {
-		nc.Close()
+	for _, t := range all {
+		t.close(ErrClosed)
 	}
 	return nil
 }
@@ -141,18 +194,48 @@ func reserved(key string) bool {
 	return key == "" || key[0] == ':'
 }
 
-func (c *Conn) header(method string, md Metadata) (http.Header, error) {
-	h := http.Header{
-		"Content-Type": {"application/grpc"},
-		"Te":           {"trailers"},
-		"User-Agent":   {c.opts.UserAgent},
+// header returns the request's header fields.
+func (c *Conn) header(method string, md Metadata) ([]hpack.HeaderField, error) {
+	h := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"},
+		{Name: ":scheme", Value: c.scheme},
+		{Name: ":path", Value: method},
+		{Name: ":authority", Value: c.address},
+		{Name: "content-type", Value: "application/grpc"},
+		{Name: "user-agent", Value: c.opts.UserAgent},
+		{Name: "te", Value: "trailers"},
 	}
 	for k, v := range md {
 		lk := strings.ToLower(k)
 		if reserved(lk) {
 			return nil, &Error{Method: method, Code: Internal, Message: fmt.Sprintf("metadata key %q is set by the protocol", k)}
 		}
-		h[http.CanonicalHeaderKey(lk)] = []string{v}
+		if !validName(lk) || !validValue(v) {
+			return nil, &Error{Method: method, Code: Internal, Message: fmt.Sprintf("metadata %q: %q: not a valid header field (a name of letters, digits and !#$%%&'*+-.^_`|~; a value without control characters)", k, v)}
+		}
+		h = append(h, hpack.HeaderField{Name: lk, Value: v, Sensitive: lk == "authorization"})
 	}
 	return h, nil
+}
+
+// validName reports whether name is a header field name (an RFC 9110 token, lowercase).
+func validName(name string) bool {
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !('a' <= b && b <= 'z' || '0' <= b && b <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0) {
+			return false
+		}
+	}
+	return name != ""
+}
+
+// validValue reports whether v may be sent as a header field value: no control characters but
+// tab.
+func validValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; b < ' ' && b != '\t' || b == 0x7f {
+			return false
+		}
+	}
+	return true
 }

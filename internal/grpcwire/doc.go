@@ -6,5 +6,11 @@
 // them. It exists so that ztunnel can call istiod-lite without linking grpc-go (about 1 MB of
 // ztunnel's binary, and ztunnel's resident memory is mostly its binary: issue #4).
 //
+// The HTTP/2 client side is its own (transport.go, read.go, h2stream.go, frame.go), on a
+// net.Conn with golang.org/x/net/http2/hpack for the headers, not net/http's client: with the
+// admin servers off net/http too, ztunnel leaves net/http out (about 1.3 MB). It does not share
+// internal/hbone's framing: hbone's is shaped for its CONNECT data path (DATA read straight
+// into stream buffers or sockets, batched TLS writes), which a second user would tangle.
+//
 // The name says what it is: gRPC's wire format, not a gRPC framework.
 package grpcwire

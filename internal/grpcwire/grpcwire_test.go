@@ -122,6 +122,7 @@ func startServer(t *testing.T, tlsOn bool) *server {
 	}
 	s.g = grpc.NewServer(opts...)
 	s.g.RegisterService(&echoDesc, echo{})
+	s.g.RegisterService(&floodDesc, echo{})
 	done := make(chan struct{})
 	go func() { defer close(done); s.g.Serve(lis) }()
 	t.Cleanup(func() { s.g.Stop(); <-done })

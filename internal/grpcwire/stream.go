@@ -1,35 +1,32 @@
 package grpcwire
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // Stream is one call in progress. One goroutine may Send (and CloseSend) while another Recvs;
 // two Sends or two Recvs must not run at once.
 //
-// A stream holds a goroutine and an HTTP/2 stream until its context ends or Recv returns an
-// error; a caller that stops before either must cancel the context.
+// A stream holds an HTTP/2 stream until its context ends or Recv returns an error; a caller
+// that stops before either must cancel the context.
 type Stream struct {
 	method string
 	conn   *Conn
 	parent context.Context // the caller's, to tell its end from ours
 	ctx    context.Context
 	cancel context.CancelFunc
-	pw     *io.PipeWriter // the request body; nil for a unary call
-
-	ready chan struct{} // closed when the round trip returned
-	resp  *http.Response
-	rtErr error
+	hs     *h2stream
+	unary  bool
 
 	// Used by Recv only.
 	checked bool
@@ -42,21 +39,23 @@ type Stream struct {
 
 // NewStream starts a call of method (/package.Service/Method) whose messages the caller sends
 // with Send and receives with Recv, until Recv returns io.EOF (the server ended with OK) or an
-// error. Headers go out at once; the server's answer is awaited by the first Recv. The call
-// ends with ctx; its deadline, if any, is sent as grpc-timeout.
+// error. It connects if need be and sends the headers; the server's answer is awaited by the
+// first Recv. The call ends with ctx; its deadline, if any, is sent as grpc-timeout.
 func (c *Conn) NewStream(ctx context.Context, method string, md Metadata) (*Stream, error) {
-	return c.start(ctx, method, md, nil)
+	return c.start(ctx, method, md, false)
 }
 
 // Invoke makes a unary call of method with the request message req and returns the response
 // message.
 func (c *Conn) Invoke(ctx context.Context, method string, md Metadata, req []byte) ([]byte, error) {
-	body := bytes.NewReader(frame(req))
-	s, err := c.start(ctx, method, md, body)
+	s, err := c.start(ctx, method, md, true)
 	if err != nil {
 		return nil, err
 	}
 	defer s.cancel()
+	// A failed write is the stream's failure, or a server that answered without reading the
+	// request (a trailers-only status): Recv tells which.
+	s.hs.write(s.ctx, frame(req), true)
 	resp, err := s.Recv()
 	if errors.Is(err, io.EOF) {
 		return nil, &Error{Method: method, Code: Internal, Message: "the server ended the call with OK but sent no response message"}
@@ -73,8 +72,8 @@ func (c *Conn) Invoke(ctx context.Context, method string, md Metadata, req []byt
 	return nil, &Error{Method: method, Code: Internal, Message: "the server sent more than one response message to a unary call"}
 }
 
-func (c *Conn) start(ctx context.Context, method string, md Metadata, body io.Reader) (*Stream, error) {
-	if !strings.HasPrefix(method, "/") || strings.Count(method, "/") != 2 {
+func (c *Conn) start(ctx context.Context, method string, md Metadata, unary bool) (*Stream, error) {
+	if !strings.HasPrefix(method, "/") || strings.Count(method, "/") != 2 || !validValue(method) || strings.ContainsAny(method, " ?#") {
 		return nil, &Error{Method: method, Code: Internal, Message: "method is not of the form /package.Service/Method"}
 	}
 	h, err := c.header(method, md)
@@ -82,48 +81,44 @@ func (c *Conn) start(ctx context.Context, method string, md Metadata, body io.Re
 		return nil, err
 	}
 	if d, ok := ctx.Deadline(); ok {
-		h["Grpc-Timeout"] = []string{timeout(time.Until(d))}
-	}
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		return nil, &Error{Method: method, Code: Canceled, Message: "the connection is closed", Err: ErrClosed}
+		h = append(h, hpack.HeaderField{Name: "grpc-timeout", Value: timeout(time.Until(d))})
 	}
 	sctx, cancel := context.WithCancel(ctx)
-	s := &Stream{method: method, conn: c, parent: ctx, ctx: sctx, cancel: cancel, ready: make(chan struct{})}
-	var pr *io.PipeReader
-	if body == nil {
-		pr, s.pw = io.Pipe()
-		body = pr
-	}
-	req, err := http.NewRequestWithContext(sctx, http.MethodPost, c.base+method, body)
-	if err != nil {
-		cancel()
-		return nil, &Error{Method: method, Code: Internal, Message: err.Error(), Err: err}
-	}
-	req.Header = h
-	if s.pw == nil {
-		req.ContentLength = int64(body.(*bytes.Reader).Len())
-	} else {
-		req.ContentLength = -1
-	}
-	// The round trip returns when the server's headers arrive, which a streaming server may
-	// send only after the caller's first messages: it runs beside the caller, and stays to
-	// release the response when the stream ends.
-	go func() {
-		resp, err := c.rt.RoundTrip(req)
-		s.resp, s.rtErr = resp, err
-		close(s.ready)
-		<-sctx.Done()
-		if s.pw != nil {
-			s.pw.CloseWithError(context.Canceled)
+	s := &Stream{method: method, conn: c, parent: ctx, ctx: sctx, cancel: cancel, unary: unary}
+	// A connection that stops taking streams between transport and open (GOAWAY, a failure)
+	// is replaced: a few tries, for a server that keeps going away.
+	for try := 0; ; try++ {
+		t, err := c.transport(sctx)
+		if err != nil {
+			cancel()
+			if errors.Is(err, ErrClosed) {
+				return nil, &Error{Method: method, Code: Canceled, Message: "the connection is closed", Err: ErrClosed}
+			}
+			return nil, s.openError(fmt.Errorf("connecting to %s: %w", c.address, err))
 		}
-		if resp != nil {
-			resp.Body.Close()
+		s.hs, err = t.open(sctx, h)
+		if errors.Is(err, errUnusable) && try < 3 {
+			continue
 		}
-	}()
+		if err != nil {
+			cancel()
+			return nil, s.openError(err)
+		}
+		break
+	}
+	// The stream is the transport's until the call's context ends: then it is reset, unless
+	// both sides had ended it.
+	context.AfterFunc(sctx, s.hs.abort)
 	return s, nil
+}
+
+// openError describes a failure to start the call.
+func (s *Stream) openError(err error) error {
+	e := s.localError(err, "opening the stream")
+	if errors.Is(e, io.EOF) {
+		e = &Error{Method: s.method, Code: Unavailable, Message: "opening the stream: " + err.Error(), Err: err}
+	}
+	return e
 }
 
 // frame prefixes msg with gRPC's 5 bytes: not compressed, then the length.
@@ -153,10 +148,11 @@ func timeout(d time.Duration) string {
 	return strconv.Itoa(max) + "H"
 }
 
-// Send sends one message. After the stream has ended it returns the error that ended it
-// (io.EOF if the server ended it with OK: Recv then tells what the server said).
+// Send sends one message, waiting while the server's flow-control windows are full. After the
+// stream has ended it returns the error that ended it (io.EOF if the server ended it: Recv then
+// tells what the server said).
 func (s *Stream) Send(msg []byte) error {
-	if s.pw == nil {
+	if s.unary {
 		return &Error{Method: s.method, Code: Internal, Message: "Send on a unary call"}
 	}
 	s.sendMu.Lock()
@@ -164,7 +160,7 @@ func (s *Stream) Send(msg []byte) error {
 	if s.sendErr != nil {
 		return s.sendErr
 	}
-	if _, err := s.pw.Write(frame(msg)); err != nil {
+	if err := s.hs.write(s.ctx, frame(msg), false); err != nil {
 		s.sendErr = s.localError(err, "sending")
 		return s.sendErr
 	}
@@ -173,31 +169,67 @@ func (s *Stream) Send(msg []byte) error {
 
 // CloseSend tells the server that the client sends no more messages; Recv goes on.
 func (s *Stream) CloseSend() error {
-	if s.pw == nil {
+	if s.unary {
 		return nil
 	}
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
-	if s.sendErr == nil {
-		s.sendErr = &Error{Method: s.method, Code: Internal, Message: "Send after CloseSend"}
+	if s.sendErr != nil {
+		return nil
 	}
-	return s.pw.Close()
+	s.sendErr = &Error{Method: s.method, Code: Internal, Message: "Send after CloseSend"}
+	// A stream that has already ended needs no END_STREAM: Recv tells how it ended.
+	s.hs.write(s.ctx, nil, true)
+	return nil
 }
 
 // localError describes err, met while doing what, as an *Error: the context's end if that is
-// the cause, the transport's failure otherwise.
+// the cause, io.EOF if either side ended the stream, the server's reset or the connection's
+// failure otherwise.
 func (s *Stream) localError(err error, doing string) error {
-	if cerr := s.parent.Err(); cerr != nil {
+	if cerr := s.ctxErr(); cerr != nil {
 		code := Canceled
 		if errors.Is(cerr, context.DeadlineExceeded) {
 			code = DeadlineExceeded
 		}
 		return &Error{Method: s.method, Code: code, Message: cerr.Error(), Err: cerr}
 	}
-	if errors.Is(err, io.ErrClosedPipe) || errors.Is(err, context.Canceled) {
+	var re *resetError
+	switch {
+	case errors.Is(err, errAborted) || errors.Is(err, errServerDone) || errors.Is(err, context.Canceled):
 		return io.EOF
+	case errors.As(err, &re):
+		return &Error{Method: s.method, Code: resetCode(re.code), Message: doing + ": " + err.Error(), Err: err}
 	}
 	return &Error{Method: s.method, Code: Unavailable, Message: doing + ": " + err.Error(), Err: err}
+}
+
+// ctxErr is the caller's context's error, DeadlineExceeded as soon as its deadline has passed
+// (the context's timer may not have run yet when the server's status for it arrives).
+func (s *Stream) ctxErr() error {
+	if err := s.parent.Err(); err != nil {
+		return err
+	}
+	if d, ok := s.parent.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// resetCode maps RST_STREAM's error code to a gRPC status, as gRPC's HTTP/2 protocol document
+// says.
+func resetCode(c errCode) Code {
+	switch c {
+	case codeRefusedStream:
+		return Unavailable
+	case codeCancel:
+		return Canceled
+	case codeEnhanceYourCalm:
+		return ResourceExhausted
+	case codeInadequateSecurity:
+		return PermissionDenied
+	}
+	return Internal
 }
 
 // Recv returns the next message. At the end of the stream it returns io.EOF when the server
@@ -208,6 +240,10 @@ func (s *Stream) Recv() ([]byte, error) {
 	}
 	msg, err := s.recv()
 	if err != nil {
+		if c := CodeOf(err); (c == DeadlineExceeded || c == Canceled) && s.ctxErr() != nil {
+			// The server's status for our own deadline or cancellation: say it is ours.
+			err = s.localError(err, "receiving")
+		}
 		s.final = err
 		s.cancel()
 		return nil, err
@@ -216,24 +252,20 @@ func (s *Stream) Recv() ([]byte, error) {
 }
 
 func (s *Stream) recv() ([]byte, error) {
-	<-s.ready
-	if s.rtErr != nil {
-		err := s.localError(s.rtErr, "opening the stream")
-		if errors.Is(err, io.EOF) {
-			err = &Error{Method: s.method, Code: Unavailable, Message: "opening the stream: " + s.rtErr.Error(), Err: s.rtErr}
-		}
-		return nil, err
-	}
 	if !s.checked {
+		status, h, err := s.hs.awaitHeaders(s.ctx)
+		if err != nil {
+			return nil, s.bodyError(err)
+		}
 		s.checked = true
-		if err := s.checkHeaders(); err != nil {
+		if err := s.checkHeaders(status, h); err != nil {
 			return nil, err
 		}
 	}
-	body := s.resp.Body
+	body := reader{s.hs, s.ctx}
 	if _, err := io.ReadFull(body, s.hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, s.status(s.resp.Trailer)
+			return nil, s.status(s.hs.trailers())
 		}
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, &Error{Method: s.method, Code: Internal, Message: "the server ended the stream inside a message header"}
@@ -271,19 +303,18 @@ func (s *Stream) bodyError(err error) error {
 
 // checkHeaders checks the response's headers: a trailers-only response (the status in the
 // headers) ends the call, and a response that is not gRPC fails it.
-func (s *Stream) checkHeaders() error {
-	r := s.resp
-	if r.Header.Get("Grpc-Status") != "" {
-		return s.status(r.Header)
+func (s *Stream) checkHeaders(status int, h map[string]string) error {
+	if h["grpc-status"] != "" {
+		return s.status(h)
 	}
-	if r.StatusCode != http.StatusOK {
-		return &Error{Method: s.method, Code: httpCode(r.StatusCode), Message: fmt.Sprintf("HTTP status %d without a gRPC status", r.StatusCode)}
+	if status != 200 {
+		return &Error{Method: s.method, Code: httpCode(status), Message: fmt.Sprintf("HTTP status %d without a gRPC status", status)}
 	}
-	ct := r.Header.Get("Content-Type")
+	ct := h["content-type"]
 	if ct != "application/grpc" && !strings.HasPrefix(ct, "application/grpc+") && !strings.HasPrefix(ct, "application/grpc;") {
 		return &Error{Method: s.method, Code: Unknown, Message: fmt.Sprintf("response content-type %q is not gRPC", ct)}
 	}
-	if enc := r.Header.Get("Grpc-Encoding"); enc != "" && enc != "identity" {
+	if enc := h["grpc-encoding"]; enc != "" && enc != "identity" {
 		return &Error{Method: s.method, Code: Internal, Message: fmt.Sprintf("the server compresses with %q; this client asked for none", enc)}
 	}
 	return nil
@@ -291,8 +322,8 @@ func (s *Stream) checkHeaders() error {
 
 // status turns the grpc-status and grpc-message fields of h (trailers, or the headers of a
 // trailers-only response) into io.EOF for OK or an *Error.
-func (s *Stream) status(h http.Header) error {
-	v := h.Get("Grpc-Status")
+func (s *Stream) status(h map[string]string) error {
+	v := h["grpc-status"]
 	if v == "" {
 		return &Error{Method: s.method, Code: Internal, Message: "the server ended the stream without a grpc-status"}
 	}
@@ -303,5 +334,5 @@ func (s *Stream) status(h http.Header) error {
 	if Code(n) == OK {
 		return io.EOF
 	}
-	return &Error{Method: s.method, Code: Code(n), Message: decodeMessage(h.Get("Grpc-Message"))}
+	return &Error{Method: s.method, Code: Code(n), Message: decodeMessage(h["grpc-message"])}
 }
