@@ -71,3 +71,32 @@ func TestLinksNoHeavyPackages(t *testing.T) {
 		}
 	}
 }
+
+// TestGrpcwireLinksNoNetHTTP keeps net/http out of internal/grpcwire, ztunnel's gRPC client:
+// it speaks HTTP/2 itself (with x/net's hpack only), so that ztunnel can leave net/http out.
+func TestGrpcwireLinksNoNetHTTP(t *testing.T) {
+	for _, pkg := range listDeps(t, "github.com/ambit-mesh/ambit/internal/grpcwire") {
+		if pkg == "net/http" || strings.HasPrefix(pkg, "net/http/") || pkg == "golang.org/x/net/http2" {
+			t.Errorf("internal/grpcwire links %s: it writes its HTTP/2 frames itself; net/http's client (or x/net/http2, which imports net/http) is about 1.3 MB of ztunnel's binary with the admin servers' (find the importer with go list -deps -f '{{.ImportPath}} {{.Imports}}' ./internal/grpcwire)", pkg)
+		}
+	}
+}
+
+// listDeps returns what go list -deps says pkg links, with the tags of the Makefile's builds.
+func listDeps(t *testing.T, pkg string) []string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("the go command is not on PATH (%v): it lists the imports", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, goTool, "list", "-deps", "-tags=grpcnotrace", pkg)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v\n%s", pkg, err, stderr.Bytes())
+	}
+	return strings.Fields(string(out))
+}
