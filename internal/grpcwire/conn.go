@@ -222,7 +222,8 @@ func (c *Conn) header(method string, md Metadata) ([]hpack.HeaderField, error) {
 func validName(name string) bool {
 	for i := 0; i < len(name); i++ {
 		b := name[i]
-		if !('a' <= b && b <= 'z' || '0' <= b && b <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0) {
+		lower, digit := 'a' <= b && b <= 'z', '0' <= b && b <= '9'
+		if !lower && !digit && strings.IndexByte("!#$%&'*+-.^_`|~", b) < 0 {
 			return false
 		}
 	}

@@ -121,20 +121,20 @@ func TestConcurrentStreams(t *testing.T) {
 					err = proto.Unmarshal(b, out)
 				}
 				if err != nil || out.GetValue() != "echo "+v {
-					errs <- fmt.Errorf("stream %d message %d: got %.40q, %v", i, j, out.GetValue(), err)
+					errs <- fmt.Errorf("stream %d message %d: got %.40q, %w", i, j, out.GetValue(), err)
 					return
 				}
 			}
 			st.CloseSend()
 			if _, err := st.Recv(); !errors.Is(err, io.EOF) {
-				errs <- fmt.Errorf("stream %d end: got %v, want io.EOF", i, err)
+				errs <- fmt.Errorf("stream %d end: got %w, want io.EOF", i, err)
 			}
 		})
 	}
 	for i := range 40 {
 		wg.Go(func() {
 			if got, err := call(ctx, c, nil, fmt.Sprint(i)); err != nil || got != fmt.Sprint("got ", i) {
-				errs <- fmt.Errorf("call %d: got %q, %v", i, got, err)
+				errs <- fmt.Errorf("call %d: got %q, %w", i, got, err)
 			}
 		})
 	}
@@ -190,5 +190,17 @@ func TestSlowReader(t *testing.T) {
 	}
 	if n := dials.Load(); n != 1 {
 		t.Errorf("opened %d connections, want 1", n)
+	}
+}
+
+// TestLargeMetadata sends a header block larger than a frame: HEADERS and CONTINUATION.
+func TestLargeMetadata(t *testing.T) {
+	testutil.CheckGoroutines(t, testTimeout)
+	s := startServer(t, false)
+	c := dial(t, s.addr, grpcwire.Options{})
+	token := "Bearer " + strings.Repeat("t", 40000)
+	got, err := call(context.Background(), c, grpcwire.Metadata{"authorization": token}, "metadata")
+	if err != nil || !strings.Contains(got, fmt.Sprintf("authorization=[%q]", token)) {
+		t.Errorf("got %.80q..., %v; want the server to see the 40 kB token", got, err)
 	}
 }

@@ -506,3 +506,85 @@ func TestStreamErrors(t *testing.T) {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
+
+// TestMaxConcurrentStreams: with the server's SETTINGS_MAX_CONCURRENT_STREAMS at 1, a second
+// call waits for the first stream to end, on the same connection.
+func TestMaxConcurrentStreams(t *testing.T) {
+	testutil.CheckGoroutines(t, testTimeout)
+	ready := make(chan struct{})
+	endFirst := make(chan struct{})
+	addr, conns := rawServer(t, func(c *rawConn) error {
+		c.fr.WriteSettings(http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: 1})
+		var first uint32
+		for acked := false; !acked || first == 0; {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				return err
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				acked = acked || f.IsAck()
+			case *http2.MetaHeadersFrame:
+				first = f.StreamID
+			}
+		}
+		close(ready)
+		<-endFirst
+		if err := c.answer(first, []byte("first")); err != nil {
+			return err
+		}
+		// The client may open the second stream once it has ended the first (END_STREAM or
+		// RST_STREAM), not before: the server counts it open until then.
+		firstEnded := false
+		for {
+			f, err := c.fr.ReadFrame()
+			if err != nil {
+				return err
+			}
+			switch f := f.(type) {
+			case *http2.DataFrame:
+				firstEnded = firstEnded || f.StreamID == first && f.StreamEnded()
+			case *http2.RSTStreamFrame:
+				firstEnded = firstEnded || f.StreamID == first
+			case *http2.MetaHeadersFrame:
+				if !firstEnded {
+					return fmt.Errorf("stream %d opened while stream %d is open, beyond SETTINGS_MAX_CONCURRENT_STREAMS 1", f.StreamID, first)
+				}
+				return c.answer(f.StreamID, []byte("second"))
+			}
+		}
+	})
+	c := dial(t, addr, grpcwire.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	// The first call opens the connection; its SETTINGS must be in force before the second.
+	st, err := c.NewStream(ctx, bidiMethod, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-ready
+	second := make(chan error, 1)
+	go func() {
+		b, err := c.Invoke(ctx, unaryMethod, nil, nil)
+		if err == nil && string(b) != "second" {
+			err = fmt.Errorf("got %q, want second", b)
+		}
+		second <- err
+	}()
+	// Nothing to wait for: a client that ignored the limit would open the second stream now.
+	time.Sleep(100 * time.Millisecond)
+	close(endFirst)
+	if b, err := st.Recv(); err != nil || string(b) != "first" {
+		t.Fatalf("first: got %q, %v", b, err)
+	}
+	st.CloseSend()
+	if _, err := st.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("first end: got %v, want io.EOF", err)
+	}
+	if err := <-second; err != nil {
+		t.Errorf("second: %v", err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}

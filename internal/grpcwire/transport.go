@@ -263,11 +263,13 @@ func (t *transport) writeLoop() {
 			return
 		case <-t.ctlNotify:
 		}
+		// wmu first: a frame queued before a stream is opened is written before its HEADERS,
+		// by this loop or by open.
+		t.wmu.Lock()
 		t.mu.Lock()
 		q := t.ctlq
 		t.ctlq = nil
 		t.mu.Unlock()
-		t.wmu.Lock()
 		var err error
 		for _, f := range q {
 			if err = writeFrame(t.bw, f.typ, f.flags, f.sid, f.payload); err != nil {
@@ -333,8 +335,20 @@ func (t *transport) open(ctx context.Context, fields []hpack.HeaderField) (*h2st
 		}
 		t.streams[s.id] = s
 		maxFrame, table := t.peerMaxFrame, t.peerTable
+		// The queued frames go first: the RST_STREAM of the stream whose end freed this slot
+		// must reach the server before the new stream, or the server counts one too many.
+		q := t.ctlq
+		t.ctlq = nil
 		t.mu.Unlock()
-		err := t.writeHeaders(s.id, fields, maxFrame, table)
+		var err error
+		for _, f := range q {
+			if err = writeFrame(t.bw, f.typ, f.flags, f.sid, f.payload); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = t.writeHeaders(s.id, fields, maxFrame, table)
+		}
 		if err == nil {
 			err = t.bw.Flush()
 		}
