@@ -3,6 +3,7 @@ package grpcwire_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -586,5 +587,33 @@ func TestMaxConcurrentStreams(t *testing.T) {
 	}
 	if n := conns.Load(); n != 1 {
 		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// TestTLSWithoutH2: a TLS server that does not agree on h2 (ALPN) is not spoken to.
+func TestTLSWithoutH2(t *testing.T) {
+	testutil.CheckGoroutines(t, testTimeout)
+	cert, root := serving(t)
+	lis, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			nc, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			nc.(*tls.Conn).Handshake()
+			io.Copy(io.Discard, nc)
+			nc.Close()
+		}
+	})
+	t.Cleanup(func() { lis.Close(); wg.Wait() })
+	c := dial(t, lis.Addr().String(), grpcwire.Options{TLS: &tls.Config{RootCAs: root, ServerName: "istiod.istio-system.svc"}})
+	_, err = c.Invoke(context.Background(), unaryMethod, nil, nil)
+	if grpcwire.CodeOf(err) != grpcwire.Unavailable || !strings.Contains(err.Error(), `negotiated the application protocol "" (ALPN), not h2`) {
+		t.Errorf("got %v, want Unavailable saying the server did not agree on h2", err)
 	}
 }
