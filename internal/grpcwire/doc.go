@@ -7,10 +7,12 @@
 // ztunnel's binary, and ztunnel's resident memory is mostly its binary: issue #4).
 //
 // The HTTP/2 client side is its own (transport.go, read.go, h2stream.go, frame.go), on a
-// net.Conn with golang.org/x/net/http2/hpack for the headers, not net/http's client: with the
-// admin servers off net/http too, ztunnel leaves net/http out (about 1.3 MB). It does not share
-// internal/hbone's framing: hbone's is shaped for its CONNECT data path (DATA read straight
-// into stream buffers or sockets, batched TLS writes), which a second user would tangle.
+// net.Conn with golang.org/x/net/http2/hpack for the headers, not net/http's client: with
+// that, ztunnel links no net/http (about 0.9 MB of its binary). internal/hbone frames HTTP/2
+// itself too, and the two share no code: hbone's reader and writers are built around its
+// CONNECT data path (DATA payloads read straight into stream buffers or sockets, batched TLS
+// writes), and what both hold (frame and error-code constants, the 9-byte header) is too
+// little to be worth a package the data path would then depend on.
 //
 // The name says what it is: gRPC's wire format, not a gRPC framework.
 package grpcwire
