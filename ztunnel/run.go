@@ -125,7 +125,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			memtrim.New(memtrim.DefaultFloor, memtrim.DefaultRetry).Run(ctx, cfg.MemoryTrimPeriod, log.With("component", "memtrim"))
+			memtrim.New(memtrim.Floor(cfg.GCPercent), memtrim.DefaultRetry).Run(ctx, cfg.MemoryTrimPeriod, log.With("component", "memtrim"))
 		}()
 	}
 	go func() {

@@ -22,9 +22,19 @@ import (
 )
 
 // DefaultFloor is the heap goal up to which a Trimmer never trims: the Go runtime's minimum
-// goal (4 MiB at GOGC=100), which only a heap with little live data has. Above it, a trim at
+// goal at GOGC=100 (4 MiB), which only a heap with little live data has. Above it, a trim at
 // most every DefaultRetry costs one collection of the live heap per retry.
 const DefaultFloor = 4 << 20
+
+// Floor is the Go runtime's minimum heap goal at a GOGC of gcPercent (it scales with it), the
+// floor for a Trimmer in a program that sets one; DefaultFloor for gcPercent <= 0 (a program
+// without collections has no goal to trim to).
+func Floor(gcPercent int) uint64 {
+	if gcPercent <= 0 {
+		return DefaultFloor
+	}
+	return DefaultFloor * uint64(gcPercent) / 100
+}
 
 const goalMetric = "/gc/heap/goal:bytes"
 

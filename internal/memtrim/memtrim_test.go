@@ -2,6 +2,7 @@ package memtrim
 
 import (
 	"runtime"
+	"runtime/debug"
 	"runtime/metrics"
 	"testing"
 	"time"
@@ -92,5 +93,25 @@ func TestFloor(t *testing.T) {
 	held = nil
 	if trimmed, before, _ := tr.Check(now); trimmed {
 		t.Errorf("Check with the heap goal %d under the floor trimmed", before)
+	}
+}
+
+// Floor follows the runtime: at GOGC=50 a program with little live data gets a heap goal of
+// half the default minimum, not 4 MiB.
+func TestFloorScalesWithGOGC(t *testing.T) {
+	for _, tc := range []struct {
+		gcPercent int
+		want      uint64
+	}{{100, DefaultFloor}, {50, 2 << 20}, {200, 8 << 20}, {-1, DefaultFloor}} {
+		if got := Floor(tc.gcPercent); got != tc.want {
+			t.Errorf("Floor(%d) = %d, want %d", tc.gcPercent, got, tc.want)
+		}
+	}
+	defer debug.SetGCPercent(debug.SetGCPercent(50))
+	runtime.GC()
+	s := []metrics.Sample{{Name: goalMetric}}
+	metrics.Read(s)
+	if goal := s[0].Value.Uint64(); goal < Floor(50) || goal >= DefaultFloor {
+		t.Errorf("heap goal at GOGC=50 with a small live heap = %d; want at least Floor(50) = %d and below %d", goal, Floor(50), DefaultFloor)
 	}
 }
