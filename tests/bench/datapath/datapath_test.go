@@ -190,8 +190,8 @@ func BenchmarkDataPath(b *testing.B) {
 	report(b, variants, results)
 	b.Logf("machine after the run: load average %s", loadAvg())
 
-	// Where the ztunnels spend their CPU at full load and in a single bulk stream, for whoever
-	// tunes them next.
+	// Where the ztunnels spend their CPU at the fixed rate, at full load and in a single bulk
+	// stream, for whoever tunes them next.
 	dir, err := os.MkdirTemp("", "ambit-datapath-profiles-")
 	if err != nil {
 		b.Fatal(err)
@@ -201,15 +201,21 @@ func BenchmarkDataPath(b *testing.B) {
 		return
 	}
 	amb := variants[i]
-	tops, err := profileZtunnels(ctx, amb, dir, "max-rate", int(runTime/time.Second)-2, func(ctx context.Context) error {
-		_, err := runFortio(ctx, amb.ns, amb.url, 0)
-		return err
-	})
-	if err != nil {
-		b.Fatal(err)
+	for _, qps := range []int{fixedQPS, 0} {
+		name, what := "max-rate", "a max-rate run"
+		if qps > 0 {
+			name, what = fmt.Sprintf("%d-qps", qps), fmt.Sprintf("a %d qps run", qps)
+		}
+		tops, err := profileZtunnels(ctx, amb, dir, name, int(runTime/time.Second)-2, func(ctx context.Context) error {
+			_, err := runFortio(ctx, amb.ns, amb.url, qps)
+			return err
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("ztunnel CPU profiles over %s (kept in %s):\n%s", what, dir, tops)
 	}
-	b.Logf("ztunnel CPU profiles over a max-rate run (kept in %s):\n%s", dir, tops)
-	tops, err = profileZtunnels(ctx, amb, dir, "bulk", int(iperfTime/time.Second)-1, func(ctx context.Context) error {
+	tops, err := profileZtunnels(ctx, amb, dir, "bulk", int(iperfTime/time.Second)-1, func(ctx context.Context) error {
 		_, err := runIperf(ctx, amb.ns, amb.iperfHost, iperfPort)
 		return err
 	})
