@@ -316,3 +316,33 @@ func roundTrips(b *testing.B, conns <-chan io.ReadWriter) {
 	b.StopTimer()
 	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
 }
+
+// BenchmarkStreamOpen: a new stream on a pooled connection per op (what a new TCP connection
+// through ztunnel costs HBONE): CONNECT, a 1 KiB request, the echoed answer, both ends closed.
+// It allocates per op, unlike the round-trip benchmarks, so compare GOGC values with it:
+// GOGC=50 go test -run '^$' -bench StreamOpen -cpu 1 ./internal/hbone
+func BenchmarkStreamOpen(b *testing.B) {
+	e := newEnv(b, echo)
+	req := make([]byte, 1<<10)
+	resp := make([]byte, 1<<10)
+	e.dial(b, 80).Close() // the connection, once
+	b.ReportAllocs()
+	b.ResetTimer()
+	cpu0 := cpuTime()
+	for range b.N {
+		s := e.dial(b, 80)
+		if _, err := s.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, resp); err != nil {
+			b.Fatal(err)
+		}
+		s.CloseWrite()
+		if _, err := io.Copy(io.Discard, s); err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-us/op")
+}
