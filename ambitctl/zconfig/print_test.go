@@ -62,7 +62,9 @@ func TestPrintTables(t *testing.T) {
 			t.Fatalf("%s: %v", tc.section, err)
 		}
 		// Column widths follow the widest cell, so rows are compared with single spaces.
-		squeeze := func(s string) string { return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == ' ' }), " ") }
+		squeeze := func(s string) string {
+			return strings.Join(strings.FieldsFunc(s, func(r rune) bool { return r == ' ' }), " ")
+		}
 		for _, w := range tc.want {
 			if !strings.Contains(squeeze(b.String()), squeeze(w)) {
 				t.Errorf("%s table does not contain %q:\n%s", tc.section, w, b.String())
