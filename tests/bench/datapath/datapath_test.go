@@ -170,12 +170,20 @@ func BenchmarkDataPath(b *testing.B) {
 		for i := range variants {
 			v := variants[(i+pass)%len(variants)]
 			busy, top := waitIdle(ctx, b)
+			t0, err := cpuTotals()
+			if err != nil {
+				b.Fatal(err)
+			}
 			s, err := measure(ctx, v)
 			if err != nil {
 				b.Fatalf("pass %d, %s: %v", pass+1, v.name, err)
 			}
-			b.Logf("pass %d, %s (machine %.0f%% busy before: %s): p50/p90/p99 %.3f/%.3f/%.3f ms, max %.0f qps, %.2f Gbit/s, %.4f cores/1000 rps, RSS %.1f MiB, PSS %.1f MiB",
-				pass+1, v.name, busy*100, top, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
+			t1, err := cpuTotals()
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("pass %d, %s (machine %.0f%% busy before: %s; hypervisor steal during it %.1f%%): p50/p90/p99 %.3f/%.3f/%.3f ms, max %.0f qps, %.2f Gbit/s, %.4f cores/1000 rps, RSS %.1f MiB, PSS %.1f MiB",
+				pass+1, v.name, busy*100, top, stealShare(t0, t1)*100, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
 			results[v.name] = append(results[v.name], s)
 		}
 		if pass == 0 {

@@ -200,9 +200,10 @@ func machineBusy(d time.Duration) (float64, string, error) {
 	return 1 - float64(idle)/float64(total), top, nil
 }
 
-// cpuTotals returns the total and idle (idle + iowait) jiffies of /proc/stat's cpu line.
-func cpuTotals() ([2]uint64, error) {
-	var out [2]uint64
+// cpuTotals returns the total, idle (idle + iowait) and steal jiffies of /proc/stat's cpu
+// line. Steal is the time the hypervisor ran something else while this machine had work.
+func cpuTotals() ([3]uint64, error) {
+	var out [3]uint64
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return out, err
@@ -221,6 +222,18 @@ func cpuTotals() ([2]uint64, error) {
 		if i == 3 || i == 4 { // idle, iowait
 			out[1] += n
 		}
+		if i == 7 {
+			out[2] = n
+		}
 	}
 	return out, nil
+}
+
+// stealShare is the share of the machine's time between two cpuTotals that the hypervisor
+// took: passes with a few percent of it are slower on every path.
+func stealShare(a, b [3]uint64) float64 {
+	if b[0] <= a[0] {
+		return 0
+	}
+	return float64(b[2]-a[2]) / float64(b[0]-a[0])
 }
