@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // h2stream is one HTTP/2 stream of a transport: the request goes out with write, the response
@@ -62,7 +64,7 @@ func (s *h2stream) creditLocked(n int64) {
 	}
 	s.recvUnacked += n
 	if s.recvUnacked >= streamWindow/4 {
-		s.t.queueLocked(ctlFrame{typ: frameWindowUpdate, sid: s.id, payload: u32(uint32(s.recvUnacked))})
+		s.t.queueLocked(ctlFrame{typ: h2.FrameWindowUpdate, sid: s.id, payload: u32(uint32(s.recvUnacked))})
 		s.recvWin += s.recvUnacked
 		s.recvUnacked = 0
 	}
@@ -112,14 +114,14 @@ func (s *h2stream) write(ctx context.Context, p []byte, end bool) error {
 		last := end && n == int64(len(p))
 		var flags uint8
 		if last {
-			flags = flagEndStream
+			flags = h2.FlagEndStream
 			s.sendEnd = true
 			if s.recvEnd {
 				t.removeLocked(s)
 			}
 		}
 		t.mu.Unlock()
-		err = writeFrame(t.bw, frameData, flags, s.id, p[:n])
+		err = writeFrame(t.bw, h2.FrameData, flags, s.id, p[:n])
 		if err == nil {
 			err = t.bw.Flush()
 		}
@@ -211,11 +213,11 @@ func (s *h2stream) abort() {
 	if t.streams[s.id] != s {
 		return
 	}
-	code := codeCancel
+	code := h2.ErrCodeCancel
 	if s.recvEnd {
-		code = codeNo // the response is complete; the request need not be
+		code = h2.ErrCodeNo // the response is complete; the request need not be
 	}
-	t.queueLocked(ctlFrame{typ: frameRSTStream, sid: s.id, payload: u32(uint32(code))})
+	t.queueLocked(ctlFrame{typ: h2.FrameRSTStream, sid: s.id, payload: u32(uint32(code))})
 	t.removeLocked(s)
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // The read side of a transport: one goroutine reads every frame the server sends.
@@ -45,40 +47,40 @@ func (t *transport) readFrames() error {
 		if err != nil {
 			return err
 		}
-		if block != nil && (h.typ != frameContinuation || h.streamID != block.sid) {
+		if block != nil && (h.typ != h2.FrameContinuation || h.streamID != block.sid) {
 			return protocolError("%v while the header block of stream %d awaits CONTINUATION", h, block.sid)
 		}
 		switch h.typ {
-		case frameData:
+		case h2.FrameData:
 			err = t.handleData(h, p)
-		case frameHeaders:
-			if block, err = startHeaders(h, p); err == nil && h.flags&flagEndHeaders != 0 {
+		case h2.FrameHeaders:
+			if block, err = startHeaders(h, p); err == nil && h.flags&h2.FlagEndHeaders != 0 {
 				err = t.handleHeaders(block)
 				block = nil
 			}
-		case frameContinuation:
+		case h2.FrameContinuation:
 			if block == nil {
 				return protocolError("%v without HEADERS before it", h)
 			}
 			if len(block.b)+len(p) > maxHeaderBlock {
-				return &connError{codeEnhanceYourCalm, fmt.Sprintf("a header block of stream %d longer than %d bytes", block.sid, maxHeaderBlock)}
+				return &connError{h2.ErrCodeEnhanceYourCalm, fmt.Sprintf("a header block of stream %d longer than %d bytes", block.sid, maxHeaderBlock)}
 			}
 			block.b = append(block.b, p...)
-			if h.flags&flagEndHeaders != 0 {
+			if h.flags&h2.FlagEndHeaders != 0 {
 				err = t.handleHeaders(block)
 				block = nil
 			}
-		case frameRSTStream:
+		case h2.FrameRSTStream:
 			err = t.handleRST(h, p)
-		case frameSettings:
+		case h2.FrameSettings:
 			err = t.handleSettings(h, p)
-		case framePushPromise:
+		case h2.FramePushPromise:
 			return protocolError("%v: this client disabled push", h)
-		case framePing:
+		case h2.FramePing:
 			err = t.handlePing(h, p)
-		case frameGoAway:
+		case h2.FrameGoAway:
 			err = t.handleGoAway(h, p)
-		case frameWindowUpdate:
+		case h2.FrameWindowUpdate:
 			err = t.handleWindowUpdate(h, p)
 		}
 		// PRIORITY and frame types this client does not know are ignored, as RFC 9113 says.
@@ -89,7 +91,7 @@ func (t *transport) readFrames() error {
 		backlog := len(t.ctlq)
 		t.mu.Unlock()
 		if backlog > maxCtlQueue {
-			return &connError{codeEnhanceYourCalm, fmt.Sprintf("the server asks for more than %d frames without reading them", maxCtlQueue)}
+			return &connError{h2.ErrCodeEnhanceYourCalm, fmt.Sprintf("the server asks for more than %d frames without reading them", maxCtlQueue)}
 		}
 	}
 }
@@ -98,15 +100,15 @@ func (t *transport) readFrames() error {
 // that refuses us). What is not a frame at all is an HTTP/1.1 answer to our preface, or a TLS
 // alert on a plaintext port: the error shows it.
 func (t *transport) checkPreface() error {
-	b, err := t.br.Peek(frameHeaderLen)
+	b, err := t.br.Peek(h2.FrameHeaderLen)
 	if err != nil {
 		return err
 	}
-	length, typ, flags := int(b[0])<<16|int(b[1])<<8|int(b[2]), frameType(b[3]), b[4]
+	length, typ, flags := int(b[0])<<16|int(b[1])<<8|int(b[2]), h2.FrameType(b[3]), b[4]
 	switch {
-	case typ == frameSettings && flags&flagAck == 0, typ == frameGoAway:
+	case typ == h2.FrameSettings && flags&h2.FlagAck == 0, typ == h2.FrameGoAway:
 		return nil
-	case typ <= frameContinuation && length <= defaultMaxFrame:
+	case typ <= h2.FrameContinuation && length <= defaultMaxFrame:
 		return protocolError("the server's first frame is a %v, not SETTINGS", typ)
 	}
 	return protocolError("the server's first bytes %q are not an HTTP/2 frame: is it an HTTP/2 server (h2c, or TLS with ALPN h2)?", b)
@@ -120,13 +122,13 @@ func startHeaders(h frameHeader, p []byte) (*headerBlock, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.flags&flagPriority != 0 {
+	if h.flags&h2.FlagPriority != 0 {
 		if len(p) < 5 {
-			return nil, &connError{codeFrameSize, fmt.Sprintf("%v: PRIORITY flag without its 5 bytes", h)}
+			return nil, &connError{h2.ErrCodeFrameSize, fmt.Sprintf("%v: PRIORITY flag without its 5 bytes", h)}
 		}
 		p = p[5:]
 	}
-	return &headerBlock{sid: h.streamID, endStream: h.flags&flagEndStream != 0, b: append([]byte(nil), p...)}, nil
+	return &headerBlock{sid: h.streamID, endStream: h.flags&h2.FlagEndStream != 0, b: append([]byte(nil), p...)}, nil
 }
 
 func (t *transport) handleData(h frameHeader, p []byte) error {
@@ -141,7 +143,7 @@ func (t *transport) handleData(h frameHeader, p []byte) error {
 	defer t.mu.Unlock()
 	n := int64(h.length)
 	if n > t.recvWin {
-		return &connError{codeFlowControl, fmt.Sprintf("%v: beyond the connection window of %d bytes", h, t.recvWin)}
+		return &connError{h2.ErrCodeFlowControl, fmt.Sprintf("%v: beyond the connection window of %d bytes", h, t.recvWin)}
 	}
 	t.recvWin -= n
 	t.creditConnLocked(n)
@@ -152,16 +154,16 @@ func (t *transport) handleData(h frameHeader, p []byte) error {
 	case s == nil:
 		// A stream already over (cancelled, reset): its data is dropped.
 	case !s.gotHeader:
-		t.resetLocked(s, codeProtocol, "DATA before the response headers")
+		t.resetLocked(s, h2.ErrCodeProtocol, "DATA before the response headers")
 	case s.recvEnd:
-		t.resetLocked(s, codeStreamClosed, "DATA after END_STREAM")
+		t.resetLocked(s, h2.ErrCodeStreamClosed, "DATA after END_STREAM")
 	case n > s.recvWin:
-		t.resetLocked(s, codeFlowControl, fmt.Sprintf("%d bytes of DATA beyond the stream window of %d", n, s.recvWin))
+		t.resetLocked(s, h2.ErrCodeFlowControl, fmt.Sprintf("%d bytes of DATA beyond the stream window of %d", n, s.recvWin))
 	default:
 		s.recvWin -= n
 		s.buf = append(s.buf, data...)
 		s.creditLocked(n - int64(len(data))) // padding is consumed at once
-		if h.flags&flagEndStream != 0 {
+		if h.flags&h2.FlagEndStream != 0 {
 			s.endRecvLocked()
 		}
 		poke(s.recvCh)
@@ -174,7 +176,7 @@ func (t *transport) handleHeaders(b *headerBlock) error {
 	// Decoded even for a stream that is over: the HPACK table is the connection's.
 	fields, err := t.hdec.DecodeFull(b.b)
 	if err != nil {
-		return &connError{codeCompression, fmt.Sprintf("decoding the headers of stream %d: %v", b.sid, err)}
+		return &connError{h2.ErrCodeCompression, fmt.Sprintf("decoding the headers of stream %d: %v", b.sid, err)}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -186,7 +188,7 @@ func (t *transport) handleHeaders(b *headerBlock) error {
 		return nil
 	}
 	if s.recvEnd {
-		t.resetLocked(s, codeStreamClosed, "HEADERS after END_STREAM")
+		t.resetLocked(s, h2.ErrCodeStreamClosed, "HEADERS after END_STREAM")
 		return nil
 	}
 	size := 0
@@ -194,23 +196,23 @@ func (t *transport) handleHeaders(b *headerBlock) error {
 		size += int(f.Size())
 	}
 	if size > maxHeaderBytes {
-		t.resetLocked(s, codeProtocol, fmt.Sprintf("%d bytes of header fields, more than the %d this client accepts", size, maxHeaderBytes))
+		t.resetLocked(s, h2.ErrCodeProtocol, fmt.Sprintf("%d bytes of header fields, more than the %d this client accepts", size, maxHeaderBytes))
 		return nil
 	}
 	m, status, err := fieldMap(fields, !s.gotHeader)
 	switch {
 	case err != nil:
-		t.resetLocked(s, codeProtocol, err.Error())
+		t.resetLocked(s, h2.ErrCodeProtocol, err.Error())
 		return nil
 	case !s.gotHeader && status < 200:
 		if b.endStream {
-			t.resetLocked(s, codeProtocol, fmt.Sprintf("informational :status %d with END_STREAM", status))
+			t.resetLocked(s, h2.ErrCodeProtocol, fmt.Sprintf("informational :status %d with END_STREAM", status))
 		}
 		return nil // an informational response: the final one follows
 	case !s.gotHeader:
 		s.gotHeader, s.status, s.header = true, status, m
 	case !b.endStream:
-		t.resetLocked(s, codeProtocol, "a second header block without END_STREAM")
+		t.resetLocked(s, h2.ErrCodeProtocol, "a second header block without END_STREAM")
 		return nil
 	default:
 		s.trailer = m
@@ -254,9 +256,9 @@ func (t *transport) handleRST(h frameHeader, p []byte) error {
 		return protocolError("%v on stream 0", h)
 	}
 	if len(p) != 4 {
-		return &connError{codeFrameSize, h.String()}
+		return &connError{h2.ErrCodeFrameSize, h.String()}
 	}
-	code := errCode(binary.BigEndian.Uint32(p))
+	code := h2.ErrCode(binary.BigEndian.Uint32(p))
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s := t.streams[h.streamID]
@@ -266,7 +268,7 @@ func (t *transport) handleRST(h frameHeader, p []byte) error {
 		}
 		return nil
 	}
-	if s.recvEnd && code == codeNo {
+	if s.recvEnd && code == h2.ErrCodeNo {
 		// The response is complete and the server wants no more of the request.
 		s.failLocked(errServerDone)
 	} else {
@@ -280,42 +282,42 @@ func (t *transport) handleSettings(h frameHeader, p []byte) error {
 	if h.streamID != 0 {
 		return protocolError("%v not on stream 0", h)
 	}
-	if h.flags&flagAck != 0 {
+	if h.flags&h2.FlagAck != 0 {
 		if len(p) != 0 {
-			return &connError{codeFrameSize, fmt.Sprintf("%v: an ACK with a payload", h)}
+			return &connError{h2.ErrCodeFrameSize, fmt.Sprintf("%v: an ACK with a payload", h)}
 		}
 		return nil
 	}
 	if len(p)%6 != 0 {
-		return &connError{codeFrameSize, fmt.Sprintf("%v: not a whole number of settings", h)}
+		return &connError{h2.ErrCodeFrameSize, fmt.Sprintf("%v: not a whole number of settings", h)}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for ; len(p) > 0; p = p[6:] {
-		id, v := binary.BigEndian.Uint16(p), binary.BigEndian.Uint32(p[2:])
+		id, v := h2.SettingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])
 		switch id {
-		case settingHeaderTableSize:
+		case h2.SettingHeaderTableSize:
 			t.peerTable = min(v, 4096)
-		case settingEnablePush:
+		case h2.SettingEnablePush:
 			if v != 0 {
 				return protocolError("SETTINGS_ENABLE_PUSH %d from a server", v)
 			}
-		case settingMaxConcurrentStreams:
+		case h2.SettingMaxConcurrentStreams:
 			t.peerMaxStreams = v
-		case settingInitialWindowSize:
+		case h2.SettingInitialWindowSize:
 			if v > maxWindow {
-				return &connError{codeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d", v)}
+				return &connError{h2.ErrCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d", v)}
 			}
 			delta := int64(v) - t.peerInitWin
 			t.peerInitWin = int64(v)
 			for _, s := range t.streams {
 				s.sendWin += delta
 				if s.sendWin > maxWindow {
-					return &connError{codeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d overflows the window of stream %d", v, s.id)}
+					return &connError{h2.ErrCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d overflows the window of stream %d", v, s.id)}
 				}
 				poke(s.sendCh)
 			}
-		case settingMaxFrameSize:
+		case h2.SettingMaxFrameSize:
 			if v < defaultMaxFrame || v > maxFrameLimit {
 				return protocolError("SETTINGS_MAX_FRAME_SIZE %d", v)
 			}
@@ -326,7 +328,7 @@ func (t *transport) handleSettings(h frameHeader, p []byte) error {
 	}
 	t.settingsSeen = true
 	t.signalSlotLocked()
-	t.queueLocked(ctlFrame{typ: frameSettings, flags: flagAck})
+	t.queueLocked(ctlFrame{typ: h2.FrameSettings, flags: h2.FlagAck})
 	return nil
 }
 
@@ -335,13 +337,13 @@ func (t *transport) handlePing(h frameHeader, p []byte) error {
 		return protocolError("%v not on stream 0", h)
 	}
 	if len(p) != 8 {
-		return &connError{codeFrameSize, h.String()}
+		return &connError{h2.ErrCodeFrameSize, h.String()}
 	}
-	if h.flags&flagAck != 0 {
+	if h.flags&h2.FlagAck != 0 {
 		return nil // this client sends no PING
 	}
 	t.mu.Lock()
-	t.queueLocked(ctlFrame{typ: framePing, flags: flagAck, payload: append([]byte(nil), p...)})
+	t.queueLocked(ctlFrame{typ: h2.FramePing, flags: h2.FlagAck, payload: append([]byte(nil), p...)})
 	t.mu.Unlock()
 	return nil
 }
@@ -353,10 +355,10 @@ func (t *transport) handleGoAway(h frameHeader, p []byte) error {
 		return protocolError("%v not on stream 0", h)
 	}
 	if len(p) < 8 {
-		return &connError{codeFrameSize, h.String()}
+		return &connError{h2.ErrCodeFrameSize, h.String()}
 	}
 	last := binary.BigEndian.Uint32(p) & maxStreamID
-	code := errCode(binary.BigEndian.Uint32(p[4:]))
+	code := h2.ErrCode(binary.BigEndian.Uint32(p[4:]))
 	debug := p[8:]
 	if len(debug) > 256 {
 		debug = debug[:256]
@@ -380,7 +382,7 @@ func (t *transport) handleGoAway(h frameHeader, p []byte) error {
 
 func (t *transport) handleWindowUpdate(h frameHeader, p []byte) error {
 	if len(p) != 4 {
-		return &connError{codeFrameSize, h.String()}
+		return &connError{h2.ErrCodeFrameSize, h.String()}
 	}
 	inc := int64(binary.BigEndian.Uint32(p) & maxWindow)
 	t.mu.Lock()
@@ -391,7 +393,7 @@ func (t *transport) handleWindowUpdate(h frameHeader, p []byte) error {
 		}
 		t.sendWin += inc
 		if t.sendWin > maxWindow {
-			return &connError{codeFlowControl, fmt.Sprintf("%v: the connection window overflows", h)}
+			return &connError{h2.ErrCodeFlowControl, fmt.Sprintf("%v: the connection window overflows", h)}
 		}
 		for _, s := range t.streams {
 			poke(s.sendCh)
@@ -404,9 +406,9 @@ func (t *transport) handleWindowUpdate(h frameHeader, p []byte) error {
 		return protocolError("%v: a stream this client did not open", h)
 	case s == nil:
 	case inc == 0:
-		t.resetLocked(s, codeProtocol, "WINDOW_UPDATE with an increment of 0")
+		t.resetLocked(s, h2.ErrCodeProtocol, "WINDOW_UPDATE with an increment of 0")
 	case s.sendWin+inc > maxWindow:
-		t.resetLocked(s, codeFlowControl, "WINDOW_UPDATE overflows the stream window")
+		t.resetLocked(s, h2.ErrCodeFlowControl, "WINDOW_UPDATE overflows the stream window")
 	default:
 		s.sendWin += inc
 		poke(s.sendCh)

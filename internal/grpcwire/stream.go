@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // Stream is one call in progress. One goroutine may Send (and CloseSend) while another Recvs;
@@ -218,15 +220,15 @@ func (s *Stream) ctxErr() error {
 
 // resetCode maps RST_STREAM's error code to a gRPC status, as gRPC's HTTP/2 protocol document
 // says.
-func resetCode(c errCode) Code {
+func resetCode(c h2.ErrCode) Code {
 	switch c {
-	case codeRefusedStream:
+	case h2.ErrCodeRefusedStream:
 		return Unavailable
-	case codeCancel:
+	case h2.ErrCodeCancel:
 		return Canceled
-	case codeEnhanceYourCalm:
+	case h2.ErrCodeEnhanceYourCalm:
 		return ResourceExhausted
-	case codeInadequateSecurity:
+	case h2.ErrCodeInadequateSecurity:
 		return PermissionDenied
 	}
 	return Internal

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // transport is the client side of one HTTP/2 connection, written on a net.Conn rather than
@@ -83,7 +85,7 @@ var settingsTimeout = 20 * time.Second
 
 // ctlFrame is a frame the read loop (or a stream's cancellation) leaves to the write loop.
 type ctlFrame struct {
-	typ     frameType
+	typ     h2.FrameType
 	flags   uint8
 	sid     uint32
 	payload []byte
@@ -103,7 +105,7 @@ var (
 // resetError is a stream the server reset with RST_STREAM, or that this client reset for what
 // the server sent on it.
 type resetError struct {
-	code errCode
+	code h2.ErrCode
 	msg  string // what the server did wrong, when we reset it
 }
 
@@ -117,7 +119,7 @@ func (e *resetError) Error() string {
 // refusedError is a stream above the last stream id of the server's GOAWAY: the server did not
 // process it, and a new connection may.
 type refusedError struct {
-	code  errCode
+	code  h2.ErrCode
 	debug string
 }
 
@@ -159,17 +161,17 @@ func (t *transport) start(ctx context.Context) error {
 	if d, ok := ctx.Deadline(); ok {
 		nc.SetWriteDeadline(d)
 	}
-	b := []byte(clientPreface)
+	b := []byte(h2.ClientPreface)
 	settings := []struct {
-		id  uint16
+		id  h2.SettingID
 		val uint32
-	}{{settingEnablePush, 0}, {settingInitialWindowSize, streamWindow}, {settingMaxHeaderListSize, maxHeaderBytes}}
-	b = appendFrameHeader(b, 6*len(settings), frameSettings, 0, 0)
+	}{{h2.SettingEnablePush, 0}, {h2.SettingInitialWindowSize, streamWindow}, {h2.SettingMaxHeaderListSize, maxHeaderBytes}}
+	b = h2.AppendFrameHeader(b, 6*len(settings), h2.FrameSettings, 0, 0)
 	for _, s := range settings {
-		b = binary.BigEndian.AppendUint16(b, s.id)
+		b = binary.BigEndian.AppendUint16(b, uint16(s.id))
 		b = binary.BigEndian.AppendUint32(b, s.val)
 	}
-	b = appendFrameHeader(b, 4, frameWindowUpdate, 0, 0)
+	b = h2.AppendFrameHeader(b, 4, h2.FrameWindowUpdate, 0, 0)
 	b = binary.BigEndian.AppendUint32(b, connWindow-initialWindow)
 	if _, err := nc.Write(b); err != nil {
 		return fmt.Errorf("writing the HTTP/2 preface: %w", err)
@@ -289,7 +291,7 @@ func (t *transport) writeLoop() {
 
 // sendGoAway tells the server why the connection is being closed. A writer stuck on a server
 // that does not read fails within a second, and so does this.
-func (t *transport) sendGoAway(code errCode, msg string) {
+func (t *transport) sendGoAway(code h2.ErrCode, msg string) {
 	t.nc.SetWriteDeadline(time.Now().Add(time.Second))
 	t.wmu.Lock()
 	defer t.wmu.Unlock()
@@ -299,7 +301,7 @@ func (t *transport) sendGoAway(code errCode, msg string) {
 	p := binary.BigEndian.AppendUint32(make([]byte, 0, 8+len(msg)), 0) // no stream of the server's was processed
 	p = binary.BigEndian.AppendUint32(p, uint32(code))
 	p = append(p, msg...)
-	if writeFrame(t.bw, frameGoAway, 0, 0, p) == nil {
+	if writeFrame(t.bw, h2.FrameGoAway, 0, 0, p) == nil {
 		t.bw.Flush()
 	}
 }
@@ -376,12 +378,12 @@ func (t *transport) writeHeaders(sid uint32, fields []hpack.HeaderField, maxFram
 		}
 	}
 	block := t.hbuf.Bytes()
-	typ := frameHeaders
+	typ := h2.FrameHeaders
 	for {
 		n := min(len(block), int(maxFrame))
 		var flags uint8
 		if n == len(block) {
-			flags = flagEndHeaders
+			flags = h2.FlagEndHeaders
 		}
 		if err := writeFrame(t.bw, typ, flags, sid, block[:n]); err != nil {
 			return err
@@ -390,7 +392,7 @@ func (t *transport) writeHeaders(sid uint32, fields []hpack.HeaderField, maxFram
 		if len(block) == 0 {
 			return nil
 		}
-		typ = frameContinuation
+		typ = h2.FrameContinuation
 	}
 }
 
@@ -420,17 +422,17 @@ func (t *transport) idleLocked(sid uint32) bool {
 func (t *transport) creditConnLocked(n int64) {
 	t.recvUnacked += n
 	if t.recvUnacked >= connWindow/4 {
-		t.queueLocked(ctlFrame{typ: frameWindowUpdate, payload: u32(uint32(t.recvUnacked))})
+		t.queueLocked(ctlFrame{typ: h2.FrameWindowUpdate, payload: u32(uint32(t.recvUnacked))})
 		t.recvWin += t.recvUnacked
 		t.recvUnacked = 0
 	}
 }
 
 // resetLocked fails s with a stream error of ours and tells the server with RST_STREAM.
-func (t *transport) resetLocked(s *h2stream, code errCode, msg string) {
+func (t *transport) resetLocked(s *h2stream, code h2.ErrCode, msg string) {
 	s.failLocked(&resetError{code: code, msg: msg})
 	if t.streams[s.id] == s {
-		t.queueLocked(ctlFrame{typ: frameRSTStream, sid: s.id, payload: u32(uint32(code))})
+		t.queueLocked(ctlFrame{typ: h2.FrameRSTStream, sid: s.id, payload: u32(uint32(code))})
 		t.removeLocked(s)
 	}
 }

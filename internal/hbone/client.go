@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/ambit-mesh/ambit/internal/h2"
 	"github.com/ambit-mesh/ambit/internal/identity"
 )
 
@@ -246,7 +247,7 @@ func (p *Pool) Close() error {
 	}
 	p.mu.Unlock()
 	for _, c := range all {
-		c.shutdown(errCodeNo, ErrPoolClosed)
+		c.shutdown(h2.ErrCodeNo, ErrPoolClosed)
 	}
 	for _, c := range all {
 		c.wait()
@@ -374,7 +375,7 @@ func (c *conn) handleResponse(f *frame) error {
 	s := c.streams[f.sid]
 	if s == nil {
 		if c.idleStreamLocked(f.sid) {
-			return connErr{errCodeProtocol, "HEADERS on a stream we did not open"}
+			return connErr{h2.ErrCodeProtocol, "HEADERS on a stream we did not open"}
 		}
 		return nil
 	}
@@ -382,7 +383,7 @@ func (c *conn) handleResponse(f *frame) error {
 		code, err := strconv.Atoi(f.pseudo("status"))
 		if err != nil || code < 100 || code > 999 {
 			s.resetLocked(fmt.Errorf("bad response :status %q", f.pseudo("status")))
-			c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeProtocol)})
+			c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(h2.ErrCodeProtocol)})
 			return nil
 		}
 		if code < 200 {
@@ -390,7 +391,7 @@ func (c *conn) handleResponse(f *frame) error {
 		}
 		s.status, s.headersDone = code, true
 	}
-	if f.has(flagEndStream) {
+	if f.has(h2.FlagEndStream) {
 		s.recvEnd = true
 		s.maybeDoneLocked()
 	}

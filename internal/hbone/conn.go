@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/ambit-mesh/ambit/internal/h2"
 	"github.com/ambit-mesh/ambit/internal/identity"
 )
 
@@ -158,17 +159,17 @@ func newConn(nc net.Conn, client bool, peer identity.Identity, cfg connConfig) *
 func (c *conn) start() error {
 	c.lockWrite()
 	if c.client {
-		c.bw.WriteString(clientPreface)
+		c.bw.WriteString(h2.ClientPreface)
 	}
 	settings := []setting{
-		{settingMaxFrameSize, maxFrameSize},
-		{settingInitialWindowSize, streamWindow},
-		{settingMaxHeaderListSize, maxHeaderList},
+		{h2.SettingMaxFrameSize, maxFrameSize},
+		{h2.SettingInitialWindowSize, streamWindow},
+		{h2.SettingMaxHeaderListSize, maxHeaderList},
 	}
 	if c.client {
-		settings = append(settings, setting{settingEnablePush, 0})
+		settings = append(settings, setting{h2.SettingEnablePush, 0})
 	} else {
-		settings = append(settings, setting{settingMaxConcurrentStreams, c.cfg.maxStreams})
+		settings = append(settings, setting{h2.SettingMaxConcurrentStreams, c.cfg.maxStreams})
 	}
 	c.writeSettingsLocked(settings...)
 	c.writeWindowUpdateLocked(0, connWindow-initialWindow)
@@ -257,9 +258,9 @@ func (c *conn) unlockWriteSoon() error {
 func (c *conn) writeDataLocked(sid uint32, p []byte, end bool) error {
 	var flags uint8
 	if end {
-		flags = flagEndStream
+		flags = h2.FlagEndStream
 	}
-	if err := c.writeFrameHeaderLocked(len(p), frameData, flags, sid); err != nil {
+	if err := c.writeFrameHeaderLocked(len(p), h2.FrameData, flags, sid); err != nil {
 		return err
 	}
 	_, err := c.bw.Write(p)
@@ -347,7 +348,7 @@ func (c *conn) ctlLoop() {
 			}
 			c.mu.Unlock()
 			if idle {
-				c.shutdown(errCodeNo, errIdle)
+				c.shutdown(h2.ErrCodeNo, errIdle)
 				return
 			}
 			if ping {
@@ -371,7 +372,7 @@ func (c *conn) ctlLoop() {
 			case ctlWindowUpdate:
 				err = c.writeWindowUpdateLocked(f.sid, f.val)
 			case ctlRST:
-				err = c.writeRSTLocked(f.sid, errCode(f.val))
+				err = c.writeRSTLocked(f.sid, h2.ErrCode(f.val))
 			case ctlPing:
 				err = c.writePingLocked(false, f.data)
 			case ctlPingAck:
@@ -403,7 +404,7 @@ func (c *conn) goAway() {
 	c.goaway = true
 	last := c.lastPeerID
 	c.mu.Unlock()
-	if err := c.writeGoAwayLocked(last, errCodeNo); err != nil {
+	if err := c.writeGoAwayLocked(last, h2.ErrCodeNo); err != nil {
 		c.releaseWrite()
 		c.closeWith(fmt.Errorf("write: %w", err))
 		return
@@ -419,7 +420,7 @@ func (c *conn) goAway() {
 
 // shutdown sends GOAWAY (best effort: it does not wait behind a stuck writer)
 // and closes the connection.
-func (c *conn) shutdown(code errCode, err error) {
+func (c *conn) shutdown(code h2.ErrCode, err error) {
 	if c.wmu.TryLock() {
 		c.mu.Lock()
 		last := c.lastPeerID

@@ -5,113 +5,39 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // HTTP/2 framing (RFC 9113 section 4 and 6), the part of it HBONE speaks. It is written here
 // rather than taken from golang.org/x/net/http2, whose package also holds a server and a
 // client and imports net/http: ztunnel's resident memory is mostly its own binary's pages,
 // and net/http with its dependencies is about 1 MB of them. HPACK is x/net's hpack package,
-// which stands alone.
-
-// clientPreface starts every HTTP/2 connection (RFC 9113 section 3.4).
-const clientPreface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-// frameHeaderLen is the size of a frame header.
-const frameHeaderLen = 9
-
-type frameType uint8
-
-const (
-	frameData         frameType = 0x0
-	frameHeaders      frameType = 0x1
-	framePriority     frameType = 0x2
-	frameRSTStream    frameType = 0x3
-	frameSettings     frameType = 0x4
-	framePushPromise  frameType = 0x5
-	framePing         frameType = 0x6
-	frameGoAway       frameType = 0x7
-	frameWindowUpdate frameType = 0x8
-	frameContinuation frameType = 0x9
-)
-
-var frameNames = [...]string{"DATA", "HEADERS", "PRIORITY", "RST_STREAM", "SETTINGS", "PUSH_PROMISE", "PING", "GOAWAY", "WINDOW_UPDATE", "CONTINUATION"}
-
-func (t frameType) String() string {
-	if int(t) < len(frameNames) {
-		return frameNames[t]
-	}
-	return "UNKNOWN_FRAME_TYPE_" + strconv.Itoa(int(t))
-}
-
-// Frame flags; each means something for some frame types only.
-const (
-	flagEndStream  = 0x1  // DATA, HEADERS
-	flagAck        = 0x1  // SETTINGS, PING
-	flagEndHeaders = 0x4  // HEADERS, CONTINUATION
-	flagPadded     = 0x8  // DATA, HEADERS
-	flagPriority   = 0x20 // HEADERS
-)
-
-// errCode is an RST_STREAM or GOAWAY error code (RFC 9113 section 7).
-type errCode uint32
-
-const (
-	errCodeNo          errCode = 0x0
-	errCodeProtocol    errCode = 0x1
-	errCodeFlowControl errCode = 0x3
-	errCodeStreamClose errCode = 0x5
-	errCodeFrameSize   errCode = 0x6
-	errCodeRefused     errCode = 0x7
-	errCodeCancel      errCode = 0x8
-	errCodeCompression errCode = 0x9
-)
-
-var errCodeNames = [...]string{"NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
-	"STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR",
-	"ENHANCE_YOUR_CALM", "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED"}
-
-func (e errCode) String() string {
-	if int(e) < len(errCodeNames) {
-		return errCodeNames[e]
-	}
-	return fmt.Sprintf("unknown error code 0x%x", uint32(e))
-}
-
-type settingID uint16
-
-const (
-	settingHeaderTableSize      settingID = 0x1
-	settingEnablePush           settingID = 0x2
-	settingMaxConcurrentStreams settingID = 0x3
-	settingInitialWindowSize    settingID = 0x4
-	settingMaxFrameSize         settingID = 0x5
-	settingMaxHeaderListSize    settingID = 0x6
-)
+// which stands alone; the vocabulary (frame types, flags, codes) is internal/h2's.
 
 type setting struct {
-	id  settingID
+	id  h2.SettingID
 	val uint32
 }
 
 // check reports a value RFC 9113 section 6.5.2 forbids, as a connection error.
 func (s setting) check() error {
 	switch {
-	case s.id == settingEnablePush && s.val > 1:
-		return connErr{errCodeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d, want 0 or 1", s.val)}
-	case s.id == settingInitialWindowSize && s.val > maxWindow:
-		return connErr{errCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d above 2^31-1", s.val)}
-	case s.id == settingMaxFrameSize && (s.val < defaultMaxFrame || s.val > 1<<24-1):
-		return connErr{errCodeProtocol, fmt.Sprintf("SETTINGS_MAX_FRAME_SIZE %d outside 16384..16777215", s.val)}
+	case s.id == h2.SettingEnablePush && s.val > 1:
+		return connErr{h2.ErrCodeProtocol, fmt.Sprintf("SETTINGS_ENABLE_PUSH %d, want 0 or 1", s.val)}
+	case s.id == h2.SettingInitialWindowSize && s.val > maxWindow:
+		return connErr{h2.ErrCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d above 2^31-1", s.val)}
+	case s.id == h2.SettingMaxFrameSize && (s.val < defaultMaxFrame || s.val > 1<<24-1):
+		return connErr{h2.ErrCodeProtocol, fmt.Sprintf("SETTINGS_MAX_FRAME_SIZE %d outside 16384..16777215", s.val)}
 	}
 	return nil
 }
 
 // connErr is a connection error: GOAWAY with code, then close.
 type connErr struct {
-	code errCode
+	code h2.ErrCode
 	msg  string
 }
 
@@ -120,7 +46,7 @@ func (e connErr) Error() string { return fmt.Sprintf("http2 %v: %s", e.code, e.m
 // streamErr is a stream error: RST_STREAM with code; the connection goes on.
 type streamErr struct {
 	sid  uint32
-	code errCode
+	code h2.ErrCode
 	msg  string
 }
 
@@ -129,7 +55,7 @@ func (e streamErr) Error() string { return fmt.Sprintf("stream %d: %v: %s", e.si
 // frameHeader is the 9-byte header of every frame.
 type frameHeader struct {
 	length uint32
-	typ    frameType
+	typ    h2.FrameType
 	flags  uint8
 	sid    uint32
 }
@@ -137,7 +63,7 @@ type frameHeader struct {
 func parseFrameHeader(h []byte) frameHeader {
 	return frameHeader{
 		length: uint32(h[0])<<16 | uint32(h[1])<<8 | uint32(h[2]),
-		typ:    frameType(h[3]),
+		typ:    h2.FrameType(h[3]),
 		flags:  h[4],
 		sid:    binary.BigEndian.Uint32(h[5:]) & (1<<31 - 1),
 	}
@@ -197,7 +123,7 @@ func newFrameReader(r io.Reader) *frameReader {
 // comes with the frame.
 func (fr *frameReader) readFrame(h frameHeader) (*frame, error) {
 	if h.length > maxFrameSize {
-		return nil, connErr{errCodeFrameSize, fmt.Sprintf("%v frame of %d bytes, above the %d advertised", h.typ, h.length, maxFrameSize)}
+		return nil, connErr{h2.ErrCodeFrameSize, fmt.Sprintf("%v frame of %d bytes, above the %d advertised", h.typ, h.length, maxFrameSize)}
 	}
 	p, err := fr.readPayload(h.length)
 	if err != nil {
@@ -206,41 +132,41 @@ func (fr *frameReader) readFrame(h frameHeader) (*frame, error) {
 	f := &frame{frameHeader: h, payload: p}
 	var size bool // the payload's size is wrong for the type
 	switch h.typ {
-	case frameHeaders:
+	case h2.FrameHeaders:
 		return fr.readHeaders(f)
-	case frameContinuation:
-		return nil, connErr{errCodeProtocol, "CONTINUATION without HEADERS"}
-	case frameSettings:
-		size = h.length%6 != 0 || (f.has(flagAck) && h.length != 0)
-	case framePing:
+	case h2.FrameContinuation:
+		return nil, connErr{h2.ErrCodeProtocol, "CONTINUATION without HEADERS"}
+	case h2.FrameSettings:
+		size = h.length%6 != 0 || (f.has(h2.FlagAck) && h.length != 0)
+	case h2.FramePing:
 		size = h.length != 8
-	case frameGoAway:
+	case h2.FrameGoAway:
 		size = h.length < 8
-	case frameWindowUpdate, frameRSTStream:
+	case h2.FrameWindowUpdate, h2.FrameRSTStream:
 		size = h.length != 4
-	case framePriority:
+	case h2.FramePriority:
 		if h.length != 5 && h.sid != 0 {
-			return f, streamErr{h.sid, errCodeFrameSize, fmt.Sprintf("PRIORITY of %d bytes", h.length)}
+			return f, streamErr{h.sid, h2.ErrCodeFrameSize, fmt.Sprintf("PRIORITY of %d bytes", h.length)}
 		}
 	}
 	if size {
-		return nil, connErr{errCodeFrameSize, fmt.Sprintf("%v frame of %d bytes", h.typ, h.length)}
+		return nil, connErr{h2.ErrCodeFrameSize, fmt.Sprintf("%v frame of %d bytes", h.typ, h.length)}
 	}
 	switch h.typ {
-	case frameSettings, framePing, frameGoAway:
+	case h2.FrameSettings, h2.FramePing, h2.FrameGoAway:
 		if h.sid != 0 {
-			return nil, connErr{errCodeProtocol, fmt.Sprintf("%v on stream %d", h.typ, h.sid)}
+			return nil, connErr{h2.ErrCodeProtocol, fmt.Sprintf("%v on stream %d", h.typ, h.sid)}
 		}
-	case frameRSTStream, framePriority, framePushPromise:
+	case h2.FrameRSTStream, h2.FramePriority, h2.FramePushPromise:
 		if h.sid == 0 {
-			return nil, connErr{errCodeProtocol, fmt.Sprintf("%v on stream 0", h.typ)}
+			return nil, connErr{h2.ErrCodeProtocol, fmt.Sprintf("%v on stream 0", h.typ)}
 		}
-	case frameWindowUpdate:
+	case h2.FrameWindowUpdate:
 		if binary.BigEndian.Uint32(p)&(1<<31-1) == 0 {
 			if h.sid == 0 {
-				return nil, connErr{errCodeProtocol, "WINDOW_UPDATE of 0 on the connection"}
+				return nil, connErr{h2.ErrCodeProtocol, "WINDOW_UPDATE of 0 on the connection"}
 			}
-			return f, streamErr{h.sid, errCodeProtocol, "WINDOW_UPDATE of 0"}
+			return f, streamErr{h.sid, h2.ErrCodeProtocol, "WINDOW_UPDATE of 0"}
 		}
 	}
 	return f, nil
@@ -270,35 +196,35 @@ func (fr *frameReader) readPayload(n uint32) ([]byte, error) {
 // readHeaders decodes the header block of HEADERS f and its CONTINUATIONs.
 func (fr *frameReader) readHeaders(f *frame) (*frame, error) {
 	if f.sid == 0 {
-		return nil, connErr{errCodeProtocol, "HEADERS on stream 0"}
+		return nil, connErr{h2.ErrCodeProtocol, "HEADERS on stream 0"}
 	}
 	frag := f.payload
-	if f.has(flagPadded) {
+	if f.has(h2.FlagPadded) {
 		if len(frag) < 1 || int(frag[0]) > len(frag)-1 {
-			return nil, connErr{errCodeProtocol, "HEADERS padding longer than the frame"}
+			return nil, connErr{h2.ErrCodeProtocol, "HEADERS padding longer than the frame"}
 		}
 		frag = frag[1 : len(frag)-int(frag[0])]
 	}
-	if f.has(flagPriority) {
+	if f.has(h2.FlagPriority) {
 		if len(frag) < 5 {
-			return nil, connErr{errCodeFrameSize, "HEADERS too short for its priority"}
+			return nil, connErr{h2.ErrCodeFrameSize, "HEADERS too short for its priority"}
 		}
 		frag = frag[5:]
 	}
 	fr.fields, fr.listSize, fr.fieldErr, fr.sawReg = nil, 0, "", false
-	end := f.has(flagEndHeaders)
+	end := f.has(h2.FlagEndHeaders)
 	for {
 		if _, err := fr.hdec.Write(frag); err != nil {
-			return nil, connErr{errCodeCompression, fmt.Sprintf("decoding the header block: %v", err)}
+			return nil, connErr{h2.ErrCodeCompression, fmt.Sprintf("decoding the header block: %v", err)}
 		}
 		if fr.listSize > maxHeaderList {
 			// Reading on would let a peer keep this loop busy with CONTINUATIONs.
-			return nil, connErr{errCodeProtocol, fmt.Sprintf("header list larger than the %d bytes advertised", maxHeaderList)}
+			return nil, connErr{h2.ErrCodeProtocol, fmt.Sprintf("header list larger than the %d bytes advertised", maxHeaderList)}
 		}
 		if end {
 			break
 		}
-		var hb [frameHeaderLen]byte
+		var hb [h2.FrameHeaderLen]byte
 		if _, err := io.ReadFull(fr.r, hb[:]); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -306,25 +232,25 @@ func (fr *frameReader) readHeaders(f *frame) (*frame, error) {
 			return nil, err
 		}
 		ch := parseFrameHeader(hb[:])
-		if ch.typ != frameContinuation || ch.sid != f.sid {
-			return nil, connErr{errCodeProtocol, fmt.Sprintf("%v while the header block of stream %d continues", ch, f.sid)}
+		if ch.typ != h2.FrameContinuation || ch.sid != f.sid {
+			return nil, connErr{h2.ErrCodeProtocol, fmt.Sprintf("%v while the header block of stream %d continues", ch, f.sid)}
 		}
 		if ch.length > maxFrameSize {
-			return nil, connErr{errCodeFrameSize, fmt.Sprintf("CONTINUATION of %d bytes, above the %d advertised", ch.length, maxFrameSize)}
+			return nil, connErr{h2.ErrCodeFrameSize, fmt.Sprintf("CONTINUATION of %d bytes, above the %d advertised", ch.length, maxFrameSize)}
 		}
 		p, err := fr.readPayload(ch.length)
 		if err != nil {
 			return nil, err
 		}
-		frag, end = p, ch.flags&flagEndHeaders != 0
+		frag, end = p, ch.flags&h2.FlagEndHeaders != 0
 	}
 	if err := fr.hdec.Close(); err != nil {
-		return nil, connErr{errCodeCompression, fmt.Sprintf("decoding the header block: %v", err)}
+		return nil, connErr{h2.ErrCodeCompression, fmt.Sprintf("decoding the header block: %v", err)}
 	}
 	f.payload, f.fields = nil, fr.fields
-	f.flags |= flagEndHeaders
+	f.flags |= h2.FlagEndHeaders
 	if fr.fieldErr != "" {
-		return f, streamErr{f.sid, errCodeProtocol, fr.fieldErr}
+		return f, streamErr{f.sid, h2.ErrCodeProtocol, fr.fieldErr}
 	}
 	return f, nil
 }
@@ -396,7 +322,7 @@ var tokenChar = func() (t [128]bool) {
 
 // The write side: each method writes one frame into c.bw; wmu must be held.
 
-func (c *conn) writeFrameHeaderLocked(length int, t frameType, flags uint8, sid uint32) error {
+func (c *conn) writeFrameHeaderLocked(length int, t h2.FrameType, flags uint8, sid uint32) error {
 	h := &c.hdr
 	h[0], h[1], h[2] = byte(length>>16), byte(length>>8), byte(length)
 	h[3], h[4] = byte(t), flags
@@ -406,7 +332,7 @@ func (c *conn) writeFrameHeaderLocked(length int, t frameType, flags uint8, sid 
 }
 
 func (c *conn) writeSettingsLocked(ss ...setting) error {
-	if err := c.writeFrameHeaderLocked(6*len(ss), frameSettings, 0, 0); err != nil {
+	if err := c.writeFrameHeaderLocked(6*len(ss), h2.FrameSettings, 0, 0); err != nil {
 		return err
 	}
 	var b [6]byte
@@ -421,11 +347,11 @@ func (c *conn) writeSettingsLocked(ss ...setting) error {
 }
 
 func (c *conn) writeSettingsAckLocked() error {
-	return c.writeFrameHeaderLocked(0, frameSettings, flagAck, 0)
+	return c.writeFrameHeaderLocked(0, h2.FrameSettings, h2.FlagAck, 0)
 }
 
 // write4Locked writes a frame whose payload is one 32-bit word (WINDOW_UPDATE, RST_STREAM).
-func (c *conn) write4Locked(t frameType, sid, v uint32) error {
+func (c *conn) write4Locked(t h2.FrameType, sid, v uint32) error {
 	if err := c.writeFrameHeaderLocked(4, t, 0, sid); err != nil {
 		return err
 	}
@@ -436,27 +362,27 @@ func (c *conn) write4Locked(t frameType, sid, v uint32) error {
 }
 
 func (c *conn) writeWindowUpdateLocked(sid, incr uint32) error {
-	return c.write4Locked(frameWindowUpdate, sid, incr)
+	return c.write4Locked(h2.FrameWindowUpdate, sid, incr)
 }
 
-func (c *conn) writeRSTLocked(sid uint32, code errCode) error {
-	return c.write4Locked(frameRSTStream, sid, uint32(code))
+func (c *conn) writeRSTLocked(sid uint32, code h2.ErrCode) error {
+	return c.write4Locked(h2.FrameRSTStream, sid, uint32(code))
 }
 
 func (c *conn) writePingLocked(ack bool, data [8]byte) error {
 	var flags uint8
 	if ack {
-		flags = flagAck
+		flags = h2.FlagAck
 	}
-	if err := c.writeFrameHeaderLocked(8, framePing, flags, 0); err != nil {
+	if err := c.writeFrameHeaderLocked(8, h2.FramePing, flags, 0); err != nil {
 		return err
 	}
 	_, err := c.bw.Write(data[:])
 	return err
 }
 
-func (c *conn) writeGoAwayLocked(last uint32, code errCode) error {
-	if err := c.writeFrameHeaderLocked(8, frameGoAway, 0, 0); err != nil {
+func (c *conn) writeGoAwayLocked(last uint32, code h2.ErrCode) error {
+	if err := c.writeFrameHeaderLocked(8, h2.FrameGoAway, 0, 0); err != nil {
 		return err
 	}
 	var b [8]byte
@@ -469,15 +395,15 @@ func (c *conn) writeGoAwayLocked(last uint32, code errCode) error {
 // writeHeaderFragmentLocked writes HEADERS (first) or CONTINUATION with one fragment of a
 // header block.
 func (c *conn) writeHeaderFragmentLocked(sid uint32, first, endStream, endHeaders bool, frag []byte) error {
-	t, flags := frameContinuation, uint8(0)
+	t, flags := h2.FrameContinuation, uint8(0)
 	if first {
-		t = frameHeaders
+		t = h2.FrameHeaders
 		if endStream {
-			flags |= flagEndStream
+			flags |= h2.FlagEndStream
 		}
 	}
 	if endHeaders {
-		flags |= flagEndHeaders
+		flags |= h2.FlagEndHeaders
 	}
 	if err := c.writeFrameHeaderLocked(len(frag), t, flags, sid); err != nil {
 		return err

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // block encodes header fields given as name, value pairs.
@@ -28,7 +30,7 @@ func block(pairs ...string) []byte {
 func readOne(in []byte) (*frame, error) {
 	br := bufio.NewReader(bytes.NewReader(in))
 	fr := newFrameReader(br)
-	var hb [frameHeaderLen]byte
+	var hb [h2.FrameHeaderLen]byte
 	if _, err := io.ReadFull(br, hb[:]); err != nil {
 		return nil, err
 	}
@@ -43,28 +45,28 @@ func TestReadFrame(t *testing.T) {
 	tests := []struct {
 		name       string
 		write      func(*http2.Framer)
-		wantConn   errCode // a connection error with this code
-		wantStream errCode // or a stream error with this code
-		wantErr    string  // in the error
+		wantConn   h2.ErrCode // a connection error with this code
+		wantStream h2.ErrCode // or a stream error with this code
+		wantErr    string     // in the error
 		wantFields []string
 	}{
 		{name: "settings", write: func(fr *http2.Framer) {
 			fr.WriteSettings(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 1 << 20})
 		}},
-		{name: "settings of 5 bytes", write: raw(http2.FrameSettings, 0, 0, make([]byte, 5)), wantConn: errCodeFrameSize, wantErr: "SETTINGS frame of 5 bytes"},
-		{name: "settings ack with a payload", write: raw(http2.FrameSettings, http2.FlagSettingsAck, 0, make([]byte, 6)), wantConn: errCodeFrameSize},
-		{name: "settings on a stream", write: raw(http2.FrameSettings, 0, 1, nil), wantConn: errCodeProtocol, wantErr: "SETTINGS on stream 1"},
-		{name: "ping of 7 bytes", write: raw(http2.FramePing, 0, 0, make([]byte, 7)), wantConn: errCodeFrameSize},
-		{name: "ping on a stream", write: raw(http2.FramePing, 0, 3, make([]byte, 8)), wantConn: errCodeProtocol},
-		{name: "goaway of 7 bytes", write: raw(http2.FrameGoAway, 0, 0, make([]byte, 7)), wantConn: errCodeFrameSize},
-		{name: "window update of 0 on the connection", write: raw(http2.FrameWindowUpdate, 0, 0, make([]byte, 4)), wantConn: errCodeProtocol},
-		{name: "window update of 0 on a stream", write: raw(http2.FrameWindowUpdate, 0, 3, make([]byte, 4)), wantStream: errCodeProtocol},
-		{name: "window update of 3 bytes", write: raw(http2.FrameWindowUpdate, 0, 3, make([]byte, 3)), wantConn: errCodeFrameSize},
-		{name: "rst on stream 0", write: raw(http2.FrameRSTStream, 0, 0, make([]byte, 4)), wantConn: errCodeProtocol},
-		{name: "priority of 4 bytes", write: raw(http2.FramePriority, 0, 1, make([]byte, 4)), wantStream: errCodeFrameSize},
+		{name: "settings of 5 bytes", write: raw(http2.FrameSettings, 0, 0, make([]byte, 5)), wantConn: h2.ErrCodeFrameSize, wantErr: "SETTINGS frame of 5 bytes"},
+		{name: "settings ack with a payload", write: raw(http2.FrameSettings, http2.FlagSettingsAck, 0, make([]byte, 6)), wantConn: h2.ErrCodeFrameSize},
+		{name: "settings on a stream", write: raw(http2.FrameSettings, 0, 1, nil), wantConn: h2.ErrCodeProtocol, wantErr: "SETTINGS on stream 1"},
+		{name: "ping of 7 bytes", write: raw(http2.FramePing, 0, 0, make([]byte, 7)), wantConn: h2.ErrCodeFrameSize},
+		{name: "ping on a stream", write: raw(http2.FramePing, 0, 3, make([]byte, 8)), wantConn: h2.ErrCodeProtocol},
+		{name: "goaway of 7 bytes", write: raw(http2.FrameGoAway, 0, 0, make([]byte, 7)), wantConn: h2.ErrCodeFrameSize},
+		{name: "window update of 0 on the connection", write: raw(http2.FrameWindowUpdate, 0, 0, make([]byte, 4)), wantConn: h2.ErrCodeProtocol},
+		{name: "window update of 0 on a stream", write: raw(http2.FrameWindowUpdate, 0, 3, make([]byte, 4)), wantStream: h2.ErrCodeProtocol},
+		{name: "window update of 3 bytes", write: raw(http2.FrameWindowUpdate, 0, 3, make([]byte, 3)), wantConn: h2.ErrCodeFrameSize},
+		{name: "rst on stream 0", write: raw(http2.FrameRSTStream, 0, 0, make([]byte, 4)), wantConn: h2.ErrCodeProtocol},
+		{name: "priority of 4 bytes", write: raw(http2.FramePriority, 0, 1, make([]byte, 4)), wantStream: h2.ErrCodeFrameSize},
 		{name: "unknown type", write: raw(0x42, 0, 1, []byte("ignored"))},
-		{name: "above the frame size", write: raw(http2.FramePing, 0, 0, make([]byte, maxFrameSize+1)), wantConn: errCodeFrameSize, wantErr: "above the 1048576 advertised"},
-		{name: "continuation alone", write: raw(http2.FrameContinuation, http2.FlagContinuationEndHeaders, 1, connect), wantConn: errCodeProtocol},
+		{name: "above the frame size", write: raw(http2.FramePing, 0, 0, make([]byte, maxFrameSize+1)), wantConn: h2.ErrCodeFrameSize, wantErr: "above the 1048576 advertised"},
+		{name: "continuation alone", write: raw(http2.FrameContinuation, http2.FlagContinuationEndHeaders, 1, connect), wantConn: h2.ErrCodeProtocol},
 		{name: "headers", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: connect, EndHeaders: true})
 		}, wantFields: []string{":method", "CONNECT", ":authority", "10.0.0.1:80", "forwarded", `for="10.0.0.2:1"`}},
@@ -77,42 +79,42 @@ func TestReadFrame(t *testing.T) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: connect, EndHeaders: true, PadLength: 7,
 				Priority: http2.PriorityParam{StreamDep: 0, Weight: 5}})
 		}, wantFields: []string{":method", "CONNECT", ":authority", "10.0.0.1:80", "forwarded", `for="10.0.0.2:1"`}},
-		{name: "padding longer than the frame", write: raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, 1, []byte{9, 1, 2}), wantConn: errCodeProtocol},
-		{name: "headers on stream 0", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, connect), wantConn: errCodeProtocol},
+		{name: "padding longer than the frame", write: raw(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders, 1, []byte{9, 1, 2}), wantConn: h2.ErrCodeProtocol},
+		{name: "headers on stream 0", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 0, connect), wantConn: h2.ErrCodeProtocol},
 		{name: "another frame inside a header block", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: connect[:3]})
 			fr.WriteData(1, false, []byte("x"))
-		}, wantConn: errCodeProtocol, wantErr: "while the header block of stream 1 continues"},
+		}, wantConn: h2.ErrCodeProtocol, wantErr: "while the header block of stream 1 continues"},
 		{name: "continuation of another stream", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: connect[:3]})
 			fr.WriteContinuation(3, true, connect[3:])
-		}, wantConn: errCodeProtocol},
+		}, wantConn: h2.ErrCodeProtocol},
 		{name: "upper-case name", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(":method", "CONNECT", "Forwarded", "x"), EndHeaders: true})
-		}, wantStream: errCodeProtocol, wantErr: `"Forwarded": want a lower-case token`},
+		}, wantStream: h2.ErrCodeProtocol, wantErr: `"Forwarded": want a lower-case token`},
 		{name: "pseudo after regular", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("forwarded", "x", ":method", "CONNECT"), EndHeaders: true})
-		}, wantStream: errCodeProtocol, wantErr: "after a regular field"},
+		}, wantStream: h2.ErrCodeProtocol, wantErr: "after a regular field"},
 		{name: "unknown pseudo", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(":verb", "CONNECT"), EndHeaders: true})
-		}, wantStream: errCodeProtocol, wantErr: `unknown pseudo-header ":verb"`},
+		}, wantStream: h2.ErrCodeProtocol, wantErr: `unknown pseudo-header ":verb"`},
 		{name: "duplicate pseudo", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(":method", "CONNECT", ":method", "GET"), EndHeaders: true})
-		}, wantStream: errCodeProtocol, wantErr: "duplicate pseudo-header :method"},
+		}, wantStream: h2.ErrCodeProtocol, wantErr: "duplicate pseudo-header :method"},
 		{name: "request and response pseudo", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(":status", "200", ":method", "GET"), EndHeaders: true})
-		}, wantStream: errCodeProtocol},
+		}, wantStream: h2.ErrCodeProtocol},
 		{name: "newline in a value", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block(":method", "CONNECT", "forwarded", "a\nb"), EndHeaders: true})
-		}, wantStream: errCodeProtocol, wantErr: "control character 0xa"},
+		}, wantStream: h2.ErrCodeProtocol, wantErr: "control character 0xa"},
 		{name: "header list too large", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("a", strings.Repeat("x", 40<<10), "b", strings.Repeat("y", 40<<10)), EndHeaders: true})
-		}, wantConn: errCodeProtocol, wantErr: "header list larger than"},
+		}, wantConn: h2.ErrCodeProtocol, wantErr: "header list larger than"},
 		{name: "string longer than the header list", write: func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block("a", strings.Repeat("x", 70<<10)), EndHeaders: true})
-		}, wantConn: errCodeCompression},
-		{name: "bad hpack", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}), wantConn: errCodeCompression},
-		{name: "truncated block", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1, connect[:len(connect)-2]), wantConn: errCodeCompression},
+		}, wantConn: h2.ErrCodeCompression},
+		{name: "bad hpack", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}), wantConn: h2.ErrCodeCompression},
+		{name: "truncated block", write: raw(http2.FrameHeaders, http2.FlagHeadersEndHeaders, 1, connect[:len(connect)-2]), wantConn: h2.ErrCodeCompression},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,13 +166,13 @@ func TestReadFrameTruncated(t *testing.T) {
 func TestWriteFrames(t *testing.T) {
 	var buf bytes.Buffer
 	c := &conn{bw: bufio.NewWriter(&buf)}
-	c.writeSettingsLocked(setting{settingMaxFrameSize, 1 << 20}, setting{settingInitialWindowSize, 4 << 20})
+	c.writeSettingsLocked(setting{h2.SettingMaxFrameSize, 1 << 20}, setting{h2.SettingInitialWindowSize, 4 << 20})
 	c.writeSettingsAckLocked()
 	c.writeWindowUpdateLocked(0, 12345)
-	c.writeRSTLocked(3, errCodeCancel)
+	c.writeRSTLocked(3, h2.ErrCodeCancel)
 	c.writePingLocked(false, [8]byte{1, 2, 3})
 	c.writePingLocked(true, [8]byte{4})
-	c.writeGoAwayLocked(7, errCodeProtocol)
+	c.writeGoAwayLocked(7, h2.ErrCodeProtocol)
 	c.writeHeaderFragmentLocked(5, true, true, false, connectBlock[:4])
 	c.writeHeaderFragmentLocked(5, false, false, true, connectBlock[4:])
 	c.writeDataLocked(5, []byte("payload"), true)
@@ -218,12 +220,12 @@ func TestWriteFrames(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 	// Names match x/net's, which earlier error messages and logs used.
-	for code := errCodeNo; code <= 0xd; code++ {
+	for code := h2.ErrCodeNo; code <= 0xd; code++ {
 		if got, want := code.String(), http2.ErrCode(code).String(); got != want {
 			t.Errorf("error code %d: got %q, want %q", code, got, want)
 		}
 	}
-	for typ := frameData; typ <= frameContinuation; typ++ {
+	for typ := h2.FrameData; typ <= h2.FrameContinuation; typ++ {
 		if got, want := typ.String(), http2.FrameType(typ).String(); got != want {
 			t.Errorf("frame type %d: got %q, want %q", typ, got, want)
 		}

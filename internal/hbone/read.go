@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/ambit-mesh/ambit/internal/h2"
 )
 
 // The read side: one goroutine per connection reads frames, delivers DATA into
@@ -27,15 +29,15 @@ func (c *conn) readLoop() {
 func (c *conn) readFrames() error {
 	settingsSeen := false
 	for {
-		hb, err := c.br.Peek(frameHeaderLen)
+		hb, err := c.br.Peek(h2.FrameHeaderLen)
 		if err != nil {
 			return err
 		}
 		h := parseFrameHeader(hb)
-		c.br.Discard(frameHeaderLen)
-		if h.typ == frameData {
+		c.br.Discard(h2.FrameHeaderLen)
+		if h.typ == h2.FrameData {
 			if !settingsSeen {
-				return connErr{errCodeProtocol, "DATA before SETTINGS"}
+				return connErr{h2.ErrCodeProtocol, "DATA before SETTINGS"}
 			}
 			if err := c.readData(h.length, h.flags, h.sid); err != nil {
 				return err
@@ -47,7 +49,7 @@ func (c *conn) readFrames() error {
 			var se streamErr
 			if errors.As(err, &se) {
 				c.resetStream(se.sid, se.code, fmt.Errorf("stream error: %w", se))
-				if f.typ == frameHeaders && !c.client {
+				if f.typ == h2.FrameHeaders && !c.client {
 					c.mu.Lock()
 					c.lastPeerID = max(c.lastPeerID, f.sid)
 					c.mu.Unlock()
@@ -57,11 +59,11 @@ func (c *conn) readFrames() error {
 			return err
 		}
 		if !settingsSeen {
-			if f.typ == frameGoAway {
-				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", errCode(binary.BigEndian.Uint32(f.payload[4:])), f.payload[8:])
+			if f.typ == h2.FrameGoAway {
+				return fmt.Errorf("peer sent GOAWAY %v before SETTINGS: %q", h2.ErrCode(binary.BigEndian.Uint32(f.payload[4:])), f.payload[8:])
 			}
-			if f.typ != frameSettings || f.has(flagAck) {
-				return connErr{errCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.frameHeader)}
+			if f.typ != h2.FrameSettings || f.has(h2.FlagAck) {
+				return connErr{h2.ErrCodeProtocol, fmt.Sprintf("first frame is %v, not SETTINGS", f.frameHeader)}
 			}
 			settingsSeen = true
 		}
@@ -73,34 +75,34 @@ func (c *conn) readFrames() error {
 
 func (c *conn) handleFrame(f *frame) error {
 	switch f.typ {
-	case frameSettings:
+	case h2.FrameSettings:
 		return c.handleSettings(f)
-	case frameHeaders:
+	case h2.FrameHeaders:
 		return c.handleHeaders(f)
-	case frameWindowUpdate:
+	case h2.FrameWindowUpdate:
 		return c.handleWindowUpdate(f.sid, binary.BigEndian.Uint32(f.payload)&(1<<31-1))
-	case framePing:
-		if f.has(flagAck) {
+	case h2.FramePing:
+		if f.has(h2.FlagAck) {
 			c.mu.Lock()
 			c.pingOut = false
 			c.mu.Unlock()
 			return nil
 		}
 		c.queue(ctlFrame{kind: ctlPingAck, data: [8]byte(f.payload)})
-	case frameRSTStream:
-		code := errCode(binary.BigEndian.Uint32(f.payload))
+	case h2.FrameRSTStream:
+		code := h2.ErrCode(binary.BigEndian.Uint32(f.payload))
 		c.mu.Lock()
 		s := c.streams[f.sid]
 		if s != nil {
 			s.resetLocked(fmt.Errorf("%w by peer: %v", ErrStreamReset, code))
 		} else if c.idleStreamLocked(f.sid) {
 			c.mu.Unlock()
-			return connErr{errCodeProtocol, "RST_STREAM on idle stream"}
+			return connErr{h2.ErrCodeProtocol, "RST_STREAM on idle stream"}
 		}
 		c.mu.Unlock()
-	case frameGoAway:
+	case h2.FrameGoAway:
 		last := binary.BigEndian.Uint32(f.payload) & (1<<31 - 1)
-		code := errCode(binary.BigEndian.Uint32(f.payload[4:]))
+		code := h2.ErrCode(binary.BigEndian.Uint32(f.payload[4:]))
 		c.mu.Lock()
 		c.goaway = true
 		for id, s := range c.streams {
@@ -113,8 +115,8 @@ func (c *conn) handleFrame(f *frame) error {
 		if empty {
 			c.closeWith(fmt.Errorf("peer sent GOAWAY %v: %q", code, f.payload[8:]))
 		}
-	case framePushPromise:
-		return connErr{errCodeProtocol, "PUSH_PROMISE"}
+	case h2.FramePushPromise:
+		return connErr{h2.ErrCodeProtocol, "PUSH_PROMISE"}
 	}
 	// PRIORITY and unknown frames are ignored.
 	return nil
@@ -129,32 +131,32 @@ func (c *conn) idleStreamLocked(sid uint32) bool {
 }
 
 func (c *conn) handleSettings(f *frame) error {
-	if f.has(flagAck) {
+	if f.has(h2.FlagAck) {
 		return nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for p := f.payload; len(p) >= 6; p = p[6:] {
-		s := setting{settingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])}
+		s := setting{h2.SettingID(binary.BigEndian.Uint16(p)), binary.BigEndian.Uint32(p[2:])}
 		if err := s.check(); err != nil {
 			return err
 		}
 		switch s.id {
-		case settingMaxFrameSize:
+		case h2.SettingMaxFrameSize:
 			c.peerMaxFrame = min(s.val, maxFrameSize)
-		case settingInitialWindowSize:
+		case h2.SettingInitialWindowSize:
 			delta := int64(s.val) - c.peerInitWin
 			c.peerInitWin = int64(s.val)
 			for _, st := range c.streams {
 				st.sendWin += delta
 				if st.sendWin > maxWindow {
-					return connErr{errCodeFlowControl, "window overflow"}
+					return connErr{h2.ErrCodeFlowControl, "window overflow"}
 				}
 				st.cond.Broadcast()
 			}
-		case settingMaxConcurrentStreams:
+		case h2.SettingMaxConcurrentStreams:
 			c.peerMaxStr = s.val
-		case settingHeaderTableSize:
+		case h2.SettingHeaderTableSize:
 			c.peerTable = min(s.val, 4096)
 		}
 	}
@@ -168,7 +170,7 @@ func (c *conn) handleWindowUpdate(sid, incr uint32) error {
 	if sid == 0 {
 		c.sendWin += int64(incr)
 		if c.sendWin > maxWindow {
-			return connErr{errCodeFlowControl, "connection window overflow"}
+			return connErr{h2.ErrCodeFlowControl, "connection window overflow"}
 		}
 		for _, s := range c.streams {
 			s.cond.Broadcast()
@@ -178,14 +180,14 @@ func (c *conn) handleWindowUpdate(sid, incr uint32) error {
 	s := c.streams[sid]
 	if s == nil {
 		if c.idleStreamLocked(sid) {
-			return connErr{errCodeProtocol, "WINDOW_UPDATE on idle stream"}
+			return connErr{h2.ErrCodeProtocol, "WINDOW_UPDATE on idle stream"}
 		}
 		return nil
 	}
 	s.sendWin += int64(incr)
 	if s.sendWin > maxWindow {
 		s.resetLocked(errors.New("peer overflowed the stream window"))
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeFlowControl)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(h2.ErrCodeFlowControl)})
 		return nil
 	}
 	s.cond.Broadcast()
@@ -193,7 +195,7 @@ func (c *conn) handleWindowUpdate(sid, incr uint32) error {
 }
 
 // resetStream sends RST_STREAM for sid and fails the stream locally.
-func (c *conn) resetStream(sid uint32, code errCode, err error) {
+func (c *conn) resetStream(sid uint32, code h2.ErrCode, err error) {
 	c.mu.Lock()
 	if s := c.streams[sid]; s != nil {
 		s.resetLocked(err)
@@ -206,16 +208,16 @@ func (c *conn) resetStream(sid uint32, code errCode, err error) {
 // stream's receive buffer.
 func (c *conn) readData(length uint32, flags uint8, sid uint32) error {
 	if sid == 0 {
-		return connErr{errCodeProtocol, "DATA on stream 0"}
+		return connErr{h2.ErrCodeProtocol, "DATA on stream 0"}
 	}
 	if length > maxFrameSize {
-		return connErr{errCodeFrameSize, "DATA frame too large"}
+		return connErr{h2.ErrCodeFrameSize, "DATA frame too large"}
 	}
 	payload := length
 	var pad uint32
-	if flags&flagPadded != 0 {
+	if flags&h2.FlagPadded != 0 {
 		if length == 0 {
-			return connErr{errCodeProtocol, "padded DATA without pad length"}
+			return connErr{h2.ErrCodeProtocol, "padded DATA without pad length"}
 		}
 		b, err := c.br.ReadByte()
 		if err != nil {
@@ -224,30 +226,30 @@ func (c *conn) readData(length uint32, flags uint8, sid uint32) error {
 		pad = uint32(b)
 		payload--
 		if pad > payload {
-			return connErr{errCodeProtocol, "pad longer than DATA payload"}
+			return connErr{h2.ErrCodeProtocol, "pad longer than DATA payload"}
 		}
 		payload -= pad
 	}
-	end := flags&flagEndStream != 0
+	end := flags&h2.FlagEndStream != 0
 
 	c.mu.Lock()
 	if int64(length) > c.recvWin {
 		c.mu.Unlock()
-		return connErr{errCodeFlowControl, "peer overran the connection window"}
+		return connErr{h2.ErrCodeFlowControl, "peer overran the connection window"}
 	}
 	c.recvWin -= int64(length)
 	s := c.streams[sid]
-	var code errCode
+	var code h2.ErrCode
 	switch {
 	case s == nil && c.idleStreamLocked(sid):
 		c.mu.Unlock()
-		return connErr{errCodeProtocol, "DATA on idle stream"}
+		return connErr{h2.ErrCodeProtocol, "DATA on idle stream"}
 	case s == nil:
 		// Closed or reset: drop it, but keep the connection window whole.
 	case s.recvEnd || !s.readable():
-		code = errCodeStreamClose
+		code = h2.ErrCodeStreamClosed
 	case int64(length) > s.recvWin:
-		code = errCodeFlowControl
+		code = h2.ErrCodeFlowControl
 	}
 	if s == nil || code != 0 {
 		c.creditConnLocked(int64(length))

@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/ambit-mesh/ambit/internal/h2"
 	"github.com/ambit-mesh/ambit/internal/identity"
 )
 
@@ -144,7 +145,7 @@ func (s *Stream) reject(status int, msg string) error {
 	s.sentEnd = true
 	if !s.recvEnd && s.resetErr == nil && err == nil {
 		// Tell the client to stop sending (RFC 9113 section 8.1).
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeNo)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(h2.ErrCodeNo)})
 	}
 	s.closed = true
 	c.creditConnLocked(int64(s.rb.discard()))
@@ -287,8 +288,8 @@ func (s *Server) serveConn(nc net.Conn) {
 	c.batch = bc
 	c.srv = s
 	// The preface is read under the handshake deadline.
-	var preface [len(clientPreface)]byte
-	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != clientPreface {
+	var preface [len(h2.ClientPreface)]byte
+	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != h2.ClientPreface {
 		tc.Close()
 		return
 	}
@@ -319,7 +320,7 @@ func (c *conn) handleHeaders(f *frame) error {
 	c.mu.Lock()
 	if s := c.streams[sid]; s != nil {
 		// Trailers: only END_STREAM matters.
-		if f.has(flagEndStream) {
+		if f.has(h2.FlagEndStream) {
 			s.recvEnd = true
 			s.maybeDoneLocked()
 			s.cond.Broadcast()
@@ -330,19 +331,19 @@ func (c *conn) handleHeaders(f *frame) error {
 	if sid%2 == 0 || sid <= c.lastPeerID {
 		c.mu.Unlock()
 		if sid%2 == 0 {
-			return connErr{errCodeProtocol, "HEADERS on an even stream id"}
+			return connErr{h2.ErrCodeProtocol, "HEADERS on an even stream id"}
 		}
-		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(errCodeStreamClose)})
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(h2.ErrCodeStreamClosed)})
 		return nil
 	}
 	c.lastPeerID = sid
 	if c.goaway || uint32(len(c.streams)) >= c.cfg.maxStreams {
 		c.mu.Unlock()
-		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(errCodeRefused)})
+		c.queue(ctlFrame{kind: ctlRST, sid: sid, val: uint32(h2.ErrCodeRefusedStream)})
 		return nil
 	}
 	s := newStream(c, sid)
-	s.recvEnd = f.has(flagEndStream)
+	s.recvEnd = f.has(h2.FlagEndStream)
 	c.streams[sid] = s
 	c.mu.Unlock()
 
@@ -350,7 +351,7 @@ func (c *conn) handleHeaders(f *frame) error {
 	ap, hdr, perr := parseRequest(f.fields, local, c.srv.cfg.RequireLocalAuthority)
 	req := &Request{Authority: ap, Peer: c.peer, Header: hdr, LocalAddr: c.nc.LocalAddr(), RemoteAddr: c.nc.RemoteAddr(), s: s}
 	if !c.srv.track(1) {
-		c.resetStream(sid, errCodeRefused, ErrServerClosed)
+		c.resetStream(sid, h2.ErrCodeRefusedStream, ErrServerClosed)
 		return nil
 	}
 	go func() {
@@ -428,7 +429,7 @@ func (s *Server) Close() error {
 	}
 	s.mu.Unlock()
 	for _, c := range conns {
-		c.shutdown(errCodeNo, ErrServerClosed)
+		c.shutdown(h2.ErrCodeNo, ErrServerClosed)
 	}
 	s.wg.Wait()
 	return nil

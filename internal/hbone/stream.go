@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ambit-mesh/ambit/internal/h2"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
@@ -243,7 +244,7 @@ func (s *Stream) Close() error {
 	}
 	s.closed = true
 	if abort && s.resetErr == nil && !(s.recvEnd && s.sentEnd) {
-		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(errCodeCancel)})
+		c.queue(ctlFrame{kind: ctlRST, sid: s.id, val: uint32(h2.ErrCodeCancel)})
 		s.resetErr = net.ErrClosed
 	}
 	c.creditConnLocked(int64(s.rb.discard()))
