@@ -40,9 +40,12 @@ type ServerConfig struct {
 	// interval and closes it when an answer is later than the timeout.
 	// Defaults 10 s and 20 s.
 	PingInterval, PingTimeout time.Duration
+	// Go, if not nil, starts the goroutine that runs a request's Handler (a
+	// pool's, say); nil means a new goroutine per request.
+	Go func(task func())
 }
 
-// Handler is called, in its own goroutine, for every CONNECT request that
+// Handler is called, in its own goroutine (see ServerConfig.Go), for every CONNECT request that
 // passed the library's checks. It must answer with exactly one of
 // Request.Accept or Request.Reject; if it returns without answering, the
 // request is refused with 503.
@@ -354,7 +357,7 @@ func (c *conn) handleHeaders(f *frame) error {
 		c.resetStream(sid, h2.ErrCodeRefusedStream, ErrServerClosed)
 		return nil
 	}
-	go func() {
+	c.srv.goHandle(func() {
 		defer c.srv.wg.Done()
 		if perr != nil {
 			req.answered = true
@@ -365,8 +368,17 @@ func (c *conn) handleHeaders(f *frame) error {
 		if req.answer() == nil {
 			s.reject(StatusServiceUnavailable, "hbone handler did not answer")
 		}
-	}()
+	})
 	return nil
+}
+
+// goHandle runs task as ServerConfig.Go says.
+func (s *Server) goHandle(task func()) {
+	if s.cfg.Go != nil {
+		s.cfg.Go(task)
+		return
+	}
+	go task()
 }
 
 func addrOf(a net.Addr) netip.Addr {

@@ -57,6 +57,7 @@ func (px *Proxy) serveHBONE(p *Pod, ln net.Listener) {
 		RequireLocalAuthority: true,
 		HandshakeTimeout:      px.cfg.HandshakeTimeout,
 		Handler:               func(r *hbone.Request) { px.hboneInbound(p, r) },
+		Go:                    px.workers.Go,
 	})
 	if err != nil {
 		px.log.Error("HBONE server not started", "pod", p.key(), "error", err)
@@ -135,7 +136,7 @@ func (px *Proxy) serveInbound(p *Pod, rc *Conn, c net.Conn, r *hbone.Request) {
 	ic := &inboundConn{pod: p, dst: rc.DstWorkload, attempt: *a, close: func() { reset(app); c.Close() }}
 	px.conns.add(ic)
 	stop := context.AfterFunc(p.ctx, ic.close)
-	sent, received, err := relay(c, app, rec)
+	sent, received, err := relay(px.workers, c, app, rec)
 	stop()
 	px.conns.remove(ic)
 	rec.Close(Outcome{Sent: sent, Received: received, Decision: d, Err: err})

@@ -45,7 +45,7 @@ func (px *Proxy) outbound(p *Pod, c net.Conn) {
 		rec.Close(Outcome{Err: err})
 		return
 	}
-	sent, received, err := relay(c, upstream, rec)
+	sent, received, err := relay(px.workers, c, upstream, rec)
 	rec.Close(Outcome{Sent: sent, Received: received, Err: err})
 }
 

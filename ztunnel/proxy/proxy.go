@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ambit-mesh/ambit/internal/gopool"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/netns"
@@ -88,7 +89,16 @@ type Proxy struct {
 	stopping bool
 
 	conns *inboundConns
+	// workers run each connection's goroutines: a reused goroutine has its stack grown
+	// already.
+	workers *gopool.Pool
 }
+
+// Idle goroutines kept for the next connections, and for how long.
+const (
+	idleWorkers    = 32
+	idleWorkerTime = 10 * time.Second
+)
 
 // New returns a Proxy with no pods.
 func New(cfg Config) (*Proxy, error) {
@@ -111,7 +121,7 @@ func New(cfg Config) (*Proxy, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Proxy{cfg: cfg, log: log, pods: map[string]*Pod{}, conns: newInboundConns()}, nil
+	return &Proxy{cfg: cfg, log: log, pods: map[string]*Pod{}, conns: newInboundConns(), workers: gopool.New(idleWorkers, idleWorkerTime)}, nil
 }
 
 // AddPod starts serving a pod inside its network namespace. The proxy owns ns from then on,
@@ -281,7 +291,7 @@ func (p *Pod) goServe(fn func()) {
 	}()
 }
 
-// acceptLoop accepts until the listener closes, one goroutine per connection.
+// acceptLoop accepts until the listener closes, one (pooled) goroutine per connection.
 func (px *Proxy) acceptLoop(p *Pod, ln net.Listener, handle func(*Pod, net.Conn)) {
 	var delay time.Duration
 	for {
@@ -301,7 +311,9 @@ func (px *Proxy) acceptLoop(p *Pod, ln net.Listener, handle func(*Pod, net.Conn)
 			continue
 		}
 		delay = 0
-		p.goServe(func() {
+		p.wg.Add(1)
+		px.workers.Go(func() {
+			defer p.wg.Done()
 			stop := context.AfterFunc(p.ctx, func() { c.Close() })
 			defer stop()
 			handle(p, c)

@@ -69,7 +69,7 @@ func TestRelayHalfClose(t *testing.T) {
 	serverSide, server := testutil.TCPPair(t)
 	done := make(chan [2]int64, 1)
 	go func() {
-		a, b, err := relay(clientSide, serverSide, nopRecord{})
+		a, b, err := relay(testWorkers, clientSide, serverSide, nopRecord{})
 		if err != nil {
 			t.Errorf("relay: %v", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"sync"
 
+	"github.com/ambit-mesh/ambit/internal/gopool"
 	"github.com/ambit-mesh/ambit/internal/hbone"
 	"github.com/ambit-mesh/ambit/internal/tcpio"
 )
@@ -74,14 +75,14 @@ func copyAdaptive(dst io.Writer, src io.Reader, count func(int64)) (int64, error
 // directions end, half-closing each side when the other finishes sending. It counts the bytes
 // into rec as they flow (a to b as request, b to a as response) and returns the totals and
 // the first error that was not a plain close.
-func relay(a, b net.Conn, rec ConnRecord) (aToB, bToA int64, err error) {
+func relay(workers *gopool.Pool, a, b net.Conn, rec ConnRecord) (aToB, bToA int64, err error) {
 	var wg sync.WaitGroup
 	var errB error
 	wg.Add(1)
-	go func() {
+	workers.Go(func() {
 		defer wg.Done()
 		bToA, errB = pipe(a, b, rec.AddResponse)
-	}()
+	})
 	aToB, err = pipe(b, a, rec.AddRequest)
 	wg.Wait()
 	a.Close()

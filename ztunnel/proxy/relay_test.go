@@ -14,6 +14,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/ambit-mesh/ambit/internal/gopool"
 	"github.com/ambit-mesh/ambit/internal/testutil"
 	"github.com/ambit-mesh/ambit/ztunnel/metrics"
 )
@@ -43,7 +44,7 @@ func TestRelayCountsWhileOpen(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			relay(a, serverSide, rec)
+			relay(testWorkers, a, serverSide, rec)
 		}()
 		client.Write([]byte(strings.Repeat("q", 3<<20+5)))
 		if _, err := io.ReadFull(server, make([]byte, 3<<20+5)); err != nil {
@@ -108,7 +109,7 @@ func BenchmarkIdleRelayMemory(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				relay(pipeConn{clientSide}, pipeConn{serverSide}, nopRecord{})
+				relay(testWorkers, pipeConn{clientSide}, pipeConn{serverSide}, nopRecord{})
 			}()
 			client.Write([]byte("q"))
 			server.Write([]byte("a"))
@@ -135,3 +136,6 @@ func heldBytes() int64 {
 	rtmetrics.Read(s)
 	return int64(s[0].Value.Uint64() + s[1].Value.Uint64())
 }
+
+// testWorkers runs the relays of this package's tests.
+var testWorkers = gopool.New(idleWorkers, idleWorkerTime)
