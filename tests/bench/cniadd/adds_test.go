@@ -38,8 +38,22 @@ type addResult struct {
 	steps map[string][]time.Duration
 }
 
-// agentSteps are the timings the agent logs for each enrolled new pod, in report order.
-var agentSteps = []string{"took", "lock_wait", "ztunnel_ack", "redirect"}
+// agentSteps are the timings the agent logs for each enrolled new pod, in report order,
+// then the two parts of ambit-cni's call outside the agent: from the plugin's exec until the
+// agent has the request (exec, Go's start-up, connecting, sending), and from the agent's
+// answer until the plugin has exited (reading it, printing the result, exiting).
+var agentSteps = []string{"took", "lock_wait", "ztunnel_ack", "redirect", stepToAgent, stepFromAgent}
+
+const (
+	stepToAgent   = "to_agent"
+	stepFromAgent = "from_agent"
+)
+
+// agentCall is when an agent received a pod's ADD and how long it took, from its log line.
+type agentCall struct {
+	received time.Time
+	took     time.Duration
+}
 
 func listOptions(selector string) metav1.ListOptions {
 	return metav1.ListOptions{LabelSelector: selector}
@@ -155,8 +169,18 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 			return nil, fmt.Errorf("%s, %s, %s: timings of %d successful sandboxes recorded; want %d (one per pod)", backend, l.name, variant, len(r.chain), l.pods)
 		}
 		if variant == variantEnrolled {
-			if r.steps, err = readAgentSteps(ctx, nss[variant]); err != nil {
+			var agentCalls map[string]agentCall
+			if r.steps, agentCalls, err = readAgentSteps(ctx, nss[variant]); err != nil {
 				return nil, err
+			}
+			for _, call := range calls {
+				a, ok := agentCalls[call.Pod]
+				if !ok || call.Plugin != "ambit-cni" || call.Command != "ADD" || call.Namespace != nss[variant] || call.ExitCode != 0 {
+					continue
+				}
+				start, end := time.Unix(0, call.StartNanos), time.Unix(0, call.StartNanos+call.Nanos)
+				r.steps[stepToAgent] = append(r.steps[stepToAgent], a.received.Sub(start))
+				r.steps[stepFromAgent] = append(r.steps[stepFromAgent], end.Sub(a.received.Add(a.took)))
 			}
 			if n := len(r.steps["took"]); n < l.pods {
 				return nil, fmt.Errorf("%s, %s: the agents logged %d enrolled new pods of namespace %s; want %d", backend, l.name, n, nss[variant], l.pods)
@@ -235,36 +259,51 @@ func readCalls(ctx context.Context) ([]cnitime.Call, error) {
 }
 
 // readAgentSteps reads the step timings of the "enrolled new pod" lines the cni agents logged
-// for pods of namespace ns.
-func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration, error) {
+// for pods of namespace ns, and when each pod's request arrived, by pod name.
+func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration, map[string]agentCall, error) {
 	pods, err := c.Client.CoreV1().Pods(mesh.Namespace).List(ctx, listOptions("k8s-app=istio-cni-node"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	steps := map[string][]time.Duration{}
+	steps, calls := map[string][]time.Duration{}, map[string]agentCall{}
 	for _, p := range pods.Items {
 		logs, err := c.Logs(ctx, mesh.Namespace, p.Name, "")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, line := range strings.Split(logs, "\n") {
 			if !strings.Contains(line, `msg="enrolled new pod" pod=`+ns+"/") {
 				continue
 			}
+			var pod string
+			var call agentCall
 			for _, f := range strings.Fields(line) {
 				k, v, ok := strings.Cut(f, "=")
-				if !ok || !slices.Contains(agentSteps, k) {
-					continue
+				switch {
+				case !ok:
+				case k == "pod":
+					pod = strings.TrimPrefix(v, ns+"/")
+				case k == "received":
+					if call.received, err = time.Parse(time.RFC3339Nano, v); err != nil {
+						return nil, nil, fmt.Errorf("agent %s: line %q: %s: %w", p.Name, line, k, err)
+					}
+				case slices.Contains(agentSteps, k):
+					d, err := time.ParseDuration(v)
+					if err != nil {
+						return nil, nil, fmt.Errorf("agent %s: line %q: %s: %w", p.Name, line, k, err)
+					}
+					steps[k] = append(steps[k], d)
+					if k == "took" {
+						call.took = d
+					}
 				}
-				d, err := time.ParseDuration(v)
-				if err != nil {
-					return nil, fmt.Errorf("agent %s: line %q: %s: %w", p.Name, line, k, err)
-				}
-				steps[k] = append(steps[k], d)
+			}
+			if pod != "" && !call.received.IsZero() {
+				calls[pod] = call
 			}
 		}
 	}
-	return steps, nil
+	return steps, calls, nil
 }
 
 // sandboxFailures is what the kubelet reported of the failed sandboxes of ns (its

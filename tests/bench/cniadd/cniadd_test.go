@@ -213,7 +213,8 @@ func report(b *testing.B, adds []addResult, conns []connResult) {
 		}
 	}
 	fmt.Fprintf(&t, "\nThe same enrolments inside the agent, from its log line per pod: the whole request (took), the wait for its lock, ZDS add until ztunnel's ack,\n")
-	fmt.Fprintf(&t, "the backend's redirection; p50 / p99 ms\n\n| backend | pods created |")
+	fmt.Fprintf(&t, "the backend's redirection; and ambit-cni's call outside the agent: from its exec until the agent has the request (to_agent), from the\n")
+	fmt.Fprintf(&t, "agent's answer until the plugin has exited (from_agent); p50 / p99 ms\n\n| backend | pods created |")
 	for _, s := range agentSteps {
 		fmt.Fprintf(&t, " %s |", s)
 	}
