@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"golang.org/x/sys/unix"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -27,29 +26,12 @@ func (a *Agent) cniServer() *agentapi.Server {
 	return &agentapi.Server{
 		Handle: a.serveCNI,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			if pid := peerPID(c); pid > 0 {
+			if pid := agentapi.PeerPID(c); pid > 0 {
 				return context.WithValue(ctx, peerPIDKey{}, pid)
 			}
 			return ctx
 		},
 	}
-}
-
-func peerPID(c net.Conn) int {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return 0
-	}
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		return 0
-	}
-	var cred *unix.Ucred
-	rc.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
-	if cred == nil {
-		return 0
-	}
-	return int(cred.Pid)
 }
 
 func (a *Agent) serveCNI(ctx context.Context, op agentapi.Op, req agentapi.PodRequest) (bool, error) {

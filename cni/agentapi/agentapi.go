@@ -18,9 +18,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/after"
 )
@@ -156,18 +159,19 @@ func readMessage(r *bufio.Reader) ([]byte, error) {
 type Server struct {
 	// Handle answers one request: its error becomes the Response's Error. What it (or
 	// anything it calls) leaves with after.Reply runs once the answer has been sent and the
-	// plugin has hung up (see HangupWait). Its ctx ends when the plugin goes away or the
-	// Server stops.
+	// plugin has hung up and exited (see HangupWait). Its ctx ends when the plugin goes away
+	// or the Server stops.
 	Handle func(ctx context.Context, op Op, req PodRequest) (enrolled bool, err error)
 	// ConnContext, if not nil, derives a call's context from its connection.
 	ConnContext func(ctx context.Context, c net.Conn) context.Context
 	// HangupWait bounds how long the work left with after.Reply waits for the plugin to hang
-	// up once it has its answer; 0 means DefaultHangupWait.
+	// up and exit once it has its answer; 0 means DefaultHangupWait.
 	HangupWait time.Duration
 }
 
 // DefaultHangupWait is the Server's HangupWait when it sets none. The plugin hangs up as soon
-// as it has read its answer; the bound only matters for a plugin that does not.
+// as it has read its answer and exits right after; the bound only matters for a plugin that
+// does not.
 const DefaultHangupWait = 100 * time.Millisecond
 
 // Timeouts of the Server: reading a request (the plugin writes it at once), writing an
@@ -260,6 +264,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 		<-watched
 	}()
 
+	peer := PeerPID(c)
 	q := &after.Queue{}
 	enrolled, err := s.Handle(after.With(ctx, q), req.Op, req.PodRequest)
 	r := Response{Enrolled: enrolled}
@@ -275,13 +280,65 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	if wait <= 0 {
 		wait = DefaultHangupWait
 	}
+	deadline := time.Now().Add(wait)
 	hangup := time.NewTimer(wait)
 	select {
 	case <-watched:
+		// The runtime waits for the plugin's exit, which comes a little after its hang-up:
+		// the work would compete with the plugin's last steps too.
+		waitExit(peer, deadline)
 	case <-hangup.C:
 	}
 	hangup.Stop()
 	q.Run()
+}
+
+// PeerPID returns the PID of the process at the other end of the Unix connection c, as the
+// caller's PID namespace sees it (SO_PEERCRED), or 0 if it is unknown.
+func PeerPID(c net.Conn) int {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var cred *unix.Ucred
+	rc.Control(func(fd uintptr) { cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if cred == nil {
+		return 0
+	}
+	return int(cred.Pid)
+}
+
+// waitExit waits until process pid has exited, or until deadline. It does not wait for an
+// unknown process (0), for this process (a caller in the same process, as in tests), or when
+// the kernel cannot give a pidfd for it (gone already, or a kernel before 5.3).
+func waitExit(pid int, deadline time.Time) {
+	if pid <= 0 || pid == os.Getpid() {
+		return
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	// A pidfd polls readable once its process has exited.
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n > 0 {
+			return
+		}
+	}
 }
 
 // reply sends the answer in one write, so the plugin has all of it and can return while

@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -124,6 +126,63 @@ func TestAfterReplyWaitsForHangup(t *testing.T) {
 				case <-time.After(200 * time.Millisecond):
 				}
 				conn.Close()
+			}
+			select {
+			case <-ran:
+			case <-ctx.Done():
+				t.Fatal("the after-reply work never ran")
+			}
+		})
+	}
+}
+
+// The work left for after the reply waits until the plugin's process has exited, not only
+// hung up (the container runtime waits for the exit), and runs anyway once HangupWait has
+// passed if it lives on.
+func TestAfterReplyWaitsForThePluginsExit(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait time.Duration
+		exit bool
+	}{
+		{"plugin exits", time.Minute, true},
+		{"plugin lives on", 100 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ran := make(chan struct{}, 1)
+			sock := serve(t, &Server{HangupWait: tc.wait, Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
+				after.Reply(ctx, func() { ran <- struct{}{} })
+				return true, nil
+			}})
+			ctx := testContext(t)
+			plugin := exec.CommandContext(ctx, os.Args[0])
+			plugin.Env = append(os.Environ(), pluginEnv+"="+sock)
+			plugin.Stderr = os.Stderr
+			stdin, err := plugin.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := plugin.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := plugin.Start(); err != nil {
+				t.Fatal(err)
+			}
+			defer func() {
+				stdin.Close()
+				plugin.Wait()
+			}()
+			if line, err := bufio.NewReader(stdout).ReadString('\n'); line != "answered\n" {
+				t.Fatalf("plugin process said %q, %v; want answered", line, err)
+			}
+			if tc.exit {
+				select {
+				case <-ran:
+					t.Fatal("the after-reply work ran while the plugin process still ran")
+				case <-time.After(200 * time.Millisecond):
+				}
+				stdin.Close()
 			}
 			select {
 			case <-ran:
