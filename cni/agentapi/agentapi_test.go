@@ -88,6 +88,37 @@ func TestAfterReplyRunsAfterTheAnswer(t *testing.T) {
 	}
 }
 
+// serveAfterReply serves calls that enrol and leave work for after the reply, which signals
+// ran, with the given HangupWait.
+func serveAfterReply(t *testing.T, wait time.Duration) (sock string, ran <-chan struct{}) {
+	done := make(chan struct{}, 1)
+	sock = serve(t, &Server{HangupWait: wait, Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
+		after.Reply(ctx, func() { done <- struct{}{} })
+		return true, nil
+	}})
+	return sock, done
+}
+
+// notRan fails if the after-reply work runs within 200 ms.
+func notRan(t *testing.T, ran <-chan struct{}, while string) {
+	t.Helper()
+	select {
+	case <-ran:
+		t.Fatal("the after-reply work ran " + while)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// waitRan fails if the after-reply work has not run when ctx ends.
+func waitRan(ctx context.Context, t *testing.T, ran <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ran:
+	case <-ctx.Done():
+		t.Fatal("the after-reply work never ran")
+	}
+}
+
 // The work left for after the reply waits until the plugin hangs up, and runs anyway once
 // HangupWait has passed if it never does.
 func TestAfterReplyWaitsForHangup(t *testing.T) {
@@ -100,11 +131,7 @@ func TestAfterReplyWaitsForHangup(t *testing.T) {
 		{"plugin keeps the connection", 20 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ran := make(chan struct{}, 1)
-			sock := serve(t, &Server{HangupWait: tc.wait, Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
-				after.Reply(ctx, func() { ran <- struct{}{} })
-				return true, nil
-			}})
+			sock, ran := serveAfterReply(t, tc.wait)
 			ctx := testContext(t)
 			var d net.Dialer
 			conn, err := d.DialContext(ctx, "unix", sock)
@@ -120,18 +147,10 @@ func TestAfterReplyWaitsForHangup(t *testing.T) {
 				t.Fatalf("answer %q, %v; want enrolled", line, err)
 			}
 			if tc.hangUp {
-				select {
-				case <-ran:
-					t.Fatal("the after-reply work ran while the plugin still held the connection")
-				case <-time.After(200 * time.Millisecond):
-				}
+				notRan(t, ran, "while the plugin still held the connection")
 				conn.Close()
 			}
-			select {
-			case <-ran:
-			case <-ctx.Done():
-				t.Fatal("the after-reply work never ran")
-			}
+			waitRan(ctx, t, ran)
 		})
 	}
 }
@@ -149,11 +168,7 @@ func TestAfterReplyWaitsForThePluginsExit(t *testing.T) {
 		{"plugin lives on", 100 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ran := make(chan struct{}, 1)
-			sock := serve(t, &Server{HangupWait: tc.wait, Handle: func(ctx context.Context, op Op, req PodRequest) (bool, error) {
-				after.Reply(ctx, func() { ran <- struct{}{} })
-				return true, nil
-			}})
+			sock, ran := serveAfterReply(t, tc.wait)
 			ctx := testContext(t)
 			plugin := exec.CommandContext(ctx, os.Args[0])
 			plugin.Env = append(os.Environ(), pluginEnv+"="+sock)
@@ -177,18 +192,10 @@ func TestAfterReplyWaitsForThePluginsExit(t *testing.T) {
 				t.Fatalf("plugin process said %q, %v; want answered", line, err)
 			}
 			if tc.exit {
-				select {
-				case <-ran:
-					t.Fatal("the after-reply work ran while the plugin process still ran")
-				case <-time.After(200 * time.Millisecond):
-				}
+				notRan(t, ran, "while the plugin process still ran")
 				stdin.Close()
 			}
-			select {
-			case <-ran:
-			case <-ctx.Done():
-				t.Fatal("the after-reply work never ran")
-			}
+			waitRan(ctx, t, ran)
 		})
 	}
 }
