@@ -78,11 +78,37 @@ func Control(network, address string, c syscall.RawConn) error {
 }
 
 // ListenConfig returns the ListenConfig for ztunnel's listeners inside a pod netns: Control
-// applied and MPTCP disabled (an MPTCP socket cannot enter a BPF sockmap).
+// applied, SO_REUSEPORT set and MPTCP disabled (an MPTCP socket cannot enter a BPF sockmap).
+//
+// SO_REUSEPORT is what lets two ztunnels overlap on a node during a rolling update (the chart's
+// maxSurge 1; DESIGN.md section 5): the new one opens its listeners in every enrolled pod while
+// the old one still holds the same ports, and the kernel spreads new connections over both until
+// the old one closes its listeners to drain. Without it the new ztunnel's listen failed with
+// "address already in use", it refused every replayed pod, and once the old one stopped, the
+// node's captured traffic had nowhere to go. The kernel admits only sockets of the same user to
+// the group, which ztunnel's listeners are (root); a pod's process running as root could join
+// it too, as it could bind the ports whenever ztunnel is not listening.
 func ListenConfig() *net.ListenConfig {
-	lc := &net.ListenConfig{Control: Control}
+	lc := &net.ListenConfig{Control: listenControl}
 	lc.SetMultipathTCP(false)
 	return lc
+}
+
+// listenControl is Control plus SO_REUSEPORT, for listeners.
+func listenControl(network, address string, c syscall.RawConn) error {
+	if err := Control(network, address, c); err != nil {
+		return err
+	}
+	var opErr error
+	if err := c.Control(func(fd uintptr) {
+		opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+	}); err != nil {
+		return fmt.Errorf("controlling %s socket for %s: %w", network, address, err)
+	}
+	if opErr != nil {
+		return fmt.Errorf("setting SO_REUSEPORT on %s socket for %s: %w", network, address, opErr)
+	}
+	return nil
 }
 
 // OriginalDst returns the destination the client of a captured connection dialled. It asks

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -242,13 +243,21 @@ type certStatus struct {
 	Ready    bool   `json:"ready"`
 }
 
+// checkZtunnelRestart restarts the ztunnels as an upgrade does: a rolling update of the
+// DaemonSet, whose maxSurge starts each node's new ztunnel while the old one still serves the
+// node's pods. The new one gets them all from the agent's replay and serves them once the old
+// one is gone.
 func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 	old, err := ztunnelPod(ctx, cp.clientNode)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Client.CoreV1().Pods(Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{}); err != nil {
+	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"ambit.test/restarted-at":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
+	if _, err := c.Client.AppsV1().DaemonSets(Namespace).Patch(ctx, "ztunnel", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.WaitForDaemonSet(ctx, Namespace, "ztunnel", 3*time.Minute); err != nil {
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
 	}
 	var zt *corev1.Pod
 	err = c.Wait(ctx, 2*time.Minute, "a new ztunnel Ready on "+cp.clientNode, func(ctx context.Context) (bool, error) {
