@@ -61,12 +61,23 @@ func Transparent(fd int) error {
 // with ZtunnelMark and makes it transparent, as the data-plane contract requires of every
 // socket ztunnel opens inside a pod netns.
 func Control(network, address string, c syscall.RawConn) error {
+	return control(network, address, c, false)
+}
+
+// control applies Control's options, and SO_REUSEPORT when reusePort is set, in one pass over
+// the socket.
+func control(network, address string, c syscall.RawConn, reusePort bool) error {
 	var opErr error
 	err := c.Control(func(fd uintptr) {
 		if opErr = Mark(int(fd), ZtunnelMark); opErr != nil {
 			return
 		}
-		opErr = Transparent(int(fd))
+		if opErr = Transparent(int(fd)); opErr != nil || !reusePort {
+			return
+		}
+		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			opErr = fmt.Errorf("setting SO_REUSEPORT: %w", err)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("controlling %s socket for %s: %w", network, address, err)
@@ -96,19 +107,7 @@ func ListenConfig() *net.ListenConfig {
 
 // listenControl is Control plus SO_REUSEPORT, for listeners.
 func listenControl(network, address string, c syscall.RawConn) error {
-	if err := Control(network, address, c); err != nil {
-		return err
-	}
-	var opErr error
-	if err := c.Control(func(fd uintptr) {
-		opErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-	}); err != nil {
-		return fmt.Errorf("controlling %s socket for %s: %w", network, address, err)
-	}
-	if opErr != nil {
-		return fmt.Errorf("setting SO_REUSEPORT on %s socket for %s: %w", network, address, opErr)
-	}
-	return nil
+	return control(network, address, c, true)
 }
 
 // OriginalDst returns the destination the client of a captured connection dialled. It asks
