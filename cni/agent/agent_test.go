@@ -313,8 +313,12 @@ func TestCNIAdd(t *testing.T) {
 	h.start(t)
 	c := agentapi.NewClient(h.cfg.CNISocket, 10*time.Second)
 	waitFor(t, "the CNI socket", func() bool { _, err := os.Stat(h.cfg.CNISocket); return err == nil })
+	netnsOf := map[string]string{}
 	req := func(name string) agentapi.PodRequest {
-		return agentapi.PodRequest{ContainerID: "c-" + name, Netns: holdNetns(t), IfName: "eth0", PodNamespace: "demo",
+		if netnsOf[name] == "" {
+			netnsOf[name] = holdNetns(t)
+		}
+		return agentapi.PodRequest{ContainerID: "c-" + name, Netns: netnsOf[name], IfName: "eth0", PodNamespace: "demo",
 			PodName: name, PodUID: "uid-" + name, IPs: []netip.Addr{netip.MustParseAddr("10.244.1.9")}}
 	}
 
@@ -335,6 +339,9 @@ func TestCNIAdd(t *testing.T) {
 	if !z.holds("uid-new") || !h.backend.has("enroll new") {
 		t.Errorf("after ADD returned: ztunnel holds it = %v, redirection installed = %v; want both", z.holds("uid-new"), h.backend.has("enroll new"))
 	}
+	if got := readMigrateReq(t, netnsOf["new"]); got != "1" {
+		t.Errorf("after ADD returned: tcp_migrate_req in the pod netns = %s, want 1 (queued connections move to a rolling update's new ztunnel)", got)
+	}
 	// The annotation follows the reply.
 	waitFor(t, "the annotation", func() bool { return h.annotation(t, "new") == "enabled" })
 	if got := h.annotation(t, "plain"); got != "" {
@@ -348,6 +355,9 @@ func TestCNIAdd(t *testing.T) {
 	}
 	if z.holds("uid-new") || !h.backend.has("unenroll new") {
 		t.Errorf("after DEL: ztunnel holds it = %v, redirection removed = %v", z.holds("uid-new"), h.backend.has("unenroll new"))
+	}
+	if got := readMigrateReq(t, netnsOf["new"]); got != "0" {
+		t.Errorf("after DEL: tcp_migrate_req in the pod netns = %s, want the kernel's default 0", got)
 	}
 	if _, err := c.Call(ctx, agentapi.OpDel, agentapi.PodRequest{PodNamespace: "demo", PodName: "unknown"}); err != nil {
 		t.Errorf("DEL of an unknown pod: %v", err)

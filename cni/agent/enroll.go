@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -235,9 +236,16 @@ func (a *Agent) enroll(ctx context.Context, pod *corev1.Pod, nsPath string, ips 
 	info := &zds.WorkloadInfo{Name: pod.Name, Namespace: pod.Namespace, ServiceAccount: serviceAccount(pod)}
 	handOver := func() error {
 		step := time.Now()
-		defer func() { steps.ztunnel = time.Since(step) }()
-		if err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf}); err != nil {
+		err := a.zds.Add(ctx, zds.Workload{UID: uid, Info: info, Netns: zf})
+		steps.ztunnel = time.Since(step)
+		if err != nil {
 			return fmt.Errorf("handing pod %s to ztunnel: %w", key, err)
+		}
+		// Here, not in the redirection: during a CNI ADD this runs next to the longer
+		// capture step. Without it the pod still works; only a rolling update of ztunnel
+		// resets what is queued on the old one's listeners when they close.
+		if err := setListenerHandoff(fdPath, true); err != nil {
+			a.log.Warn("a rolling update of ztunnel will reset this pod's connections not yet accepted when the old ztunnel stops", "pod", key, "err", err)
 		}
 		return nil
 	}
@@ -314,6 +322,10 @@ func (a *Agent) unenrollLocked(ctx context.Context, uid string) error {
 	if m.pod.Netns != "" {
 		if err := a.backend.Unenroll(ctx, m.pod); err != nil {
 			errs = append(errs, fmt.Errorf("removing redirection of pod %s: %w", m.key, err))
+		}
+		// A kernel without the sysctl was warned about at enrolment.
+		if err := setListenerHandoff(m.pod.Netns, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("pod %s: %w", m.key, err))
 		}
 	}
 	if err := a.zds.Del(ctx, uid); err != nil {
