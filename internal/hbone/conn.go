@@ -113,6 +113,8 @@ type conn struct {
 	idleSince    time.Time
 	pingOut      bool
 	pingSent     time.Time
+	// closeTimer closes a server's drained connection after GOAWAY if the client does not.
+	closeTimer *time.Timer
 
 	ctlMu     sync.Mutex // ctlMu guards ctlq
 	ctlq      []ctlFrame
@@ -406,8 +408,15 @@ func (c *conn) ctlLoop() {
 
 var errIdle = errors.New("idle connection released")
 
+// goAwayGrace is how long a server waits, after its GOAWAY, for the client to
+// close a connection with no streams left; the client does as soon as it has
+// read the GOAWAY. Closing first could reset the connection under a request the
+// client sent before that: the request would fail instead of being retried on
+// a new connection.
+const goAwayGrace = time.Second
+
 // goAway tells the peer to open no more streams; the connection closes once
-// its open streams are done.
+// its open streams are done (a server's: see goAwayGrace).
 func (c *conn) goAway() {
 	c.lockWrite()
 	c.mu.Lock()
@@ -421,10 +430,21 @@ func (c *conn) goAway() {
 	}
 	c.unlockWrite()
 	c.mu.Lock()
-	empty := len(c.streams) == 0
+	if len(c.streams) == 0 {
+		c.closeDrainedLocked()
+	}
 	c.mu.Unlock()
-	if empty {
-		c.closeWith(errGoAway)
+}
+
+// closeDrainedLocked closes a connection that has no streams left after GOAWAY:
+// a client's at once, a server's once the client had goAwayGrace to close it.
+func (c *conn) closeDrainedLocked() {
+	switch {
+	case c.err != nil:
+	case c.client:
+		go c.closeWith(errGoAway)
+	case c.closeTimer == nil:
+		c.closeTimer = time.AfterFunc(goAwayGrace, func() { c.closeWith(errGoAway) })
 	}
 }
 
@@ -456,6 +476,9 @@ func (c *conn) closeWith(err error) {
 	}
 	c.err = err
 	c.goaway = true
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
 	for _, s := range c.streams {
 		s.cond.Broadcast()
 	}
@@ -485,9 +508,9 @@ func (c *conn) removeLocked(s *Stream) {
 	delete(c.streams, s.id)
 	if len(c.streams) == 0 {
 		c.idleSince = time.Now()
-		if c.goaway && c.err == nil {
+		if c.goaway {
 			// Drained after GOAWAY: close without blocking the caller.
-			go c.closeWith(errGoAway)
+			c.closeDrainedLocked()
 		}
 	}
 }

@@ -12,7 +12,12 @@
 // one. Everything else goes to the Handler as a *Request carrying the parsed
 // authority, the peer identity, the headers and the outer addresses; the
 // handler Rejects (401, 503, ... with a message) or Accepts and gets a
-// *Stream. Shutdown sends GOAWAY and drains; Close ends everything at once.
+// *Stream. Shutdown sends GOAWAY and drains: the streams a client opened
+// before it read the GOAWAY are still served, the client retries later ones on
+// a new connection (in a rolling update another server's listener on the same
+// port takes it), and a drained connection is left for the client to close
+// (a second at most), so no request it sent meanwhile meets a reset. Close ends
+// everything at once.
 //
 // Pool dials streams: it verifies that the server's identity is one of the
 // expected ones, reuses a connection per {source identity, destination

@@ -19,8 +19,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ambit-mesh/ambit/internal/identity"
 	"github.com/ambit-mesh/ambit/internal/testutil"
@@ -147,7 +150,8 @@ func newEnv(t testing.TB, h Handler, opts ...envOption) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// SO_REUSEPORT, so that a test can start a second server on the same address.
+	ln, err := reusePortListen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,4 +268,16 @@ func TestMain(m *testing.M) {
 		}
 	}
 	os.Exit(code)
+}
+
+// reusePortListen listens on addr with SO_REUSEPORT, as ztunnel's in-pod listeners do.
+func reusePortListen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	return lc.Listen(context.Background(), "tcp", addr)
 }

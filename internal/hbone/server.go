@@ -168,6 +168,9 @@ type Server struct {
 	conns  map[*conn]struct{}
 	raw    map[net.Conn]struct{} // connections still in their handshake
 	closed bool
+	// draining is set by Shutdown: no new connections, and GOAWAY on each one, but the
+	// streams a client opened before its GOAWAY are still served.
+	draining bool
 
 	wg sync.WaitGroup // connection and handler goroutines
 }
@@ -201,7 +204,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 // called for several listeners at once, each with its own goroutine.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.draining {
 		s.mu.Unlock()
 		ln.Close()
 		return ErrServerClosed
@@ -219,9 +222,9 @@ func (s *Server) Serve(ln net.Listener) error {
 		nc, err := ln.Accept()
 		if err != nil {
 			s.mu.Lock()
-			closed := s.closed
+			stopped := s.closed || s.draining
 			s.mu.Unlock()
-			if closed {
+			if stopped {
 				return ErrServerClosed
 			}
 			var ne net.Error
@@ -304,8 +307,14 @@ func (s *Server) serveConn(nc net.Conn) {
 		return
 	}
 	s.conns[c] = struct{}{}
+	draining := s.draining
 	s.mu.Unlock()
 	if c.start() == nil {
+		if draining {
+			// Its handshake finished after Shutdown began: the client retries its
+			// streams elsewhere.
+			c.goAway()
+		}
 		<-c.done
 		c.wait()
 	}
@@ -394,10 +403,12 @@ func addrOf(a net.Addr) netip.Addr {
 
 // Shutdown stops accepting, sends GOAWAY on every connection so clients open
 // no new streams, and waits until the open streams have finished or ctx ends;
-// then it closes what is left like Close.
+// then it closes what is left like Close. Streams a client opened before it
+// read the GOAWAY (those up to the GOAWAY's last stream id) are still served;
+// it retries the later ones on another connection.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	s.closed = true
+	s.draining = true
 	for ln := range s.lns {
 		ln.Close()
 	}
@@ -406,8 +417,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		conns = append(conns, c)
 	}
 	s.mu.Unlock()
+	// Each GOAWAY waits for its connection's writer: one stuck peer must not hold back the
+	// others'.
+	var sent sync.WaitGroup
 	for _, c := range conns {
-		c.goAway()
+		sent.Go(c.goAway)
 	}
 	var err error
 	for _, c := range conns {
@@ -421,6 +435,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.Close()
+	sent.Wait()
 	return err
 }
 
