@@ -107,7 +107,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 	}
 	goRun("xds client", func() error { return xc.Run(ctx) })
 	goRun("certificate manager", func() error { return cm.Run(ctx) })
-	goRun("zds client", func() error { return zds.RunClient(ctx, cfg.ZDSPath, pods, log.With("component", "zds")) })
+	goRun("zds client", func() error {
+		// Take the pods (open listeners in them) only once the mesh is known. In a rolling
+		// update the old ztunnel serves them meanwhile; a connection the kernel handed to a
+		// new one that knows no services yet would go out in plain text as passthrough.
+		select {
+		case <-xc.Synced():
+		case <-ctx.Done():
+			return nil
+		}
+		return zds.RunClient(ctx, cfg.ZDSPath, pods, log.With("component", "zds"))
+	})
 	wg.Add(2)
 	go func() {
 		defer wg.Done()

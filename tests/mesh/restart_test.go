@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -39,8 +40,8 @@ func (cp *capture) captureState(t *testing.T, pod *corev1.Pod) string {
 	return state
 }
 
-// agentLoop keeps one connection echoing and opens new ones from the client's netns until
-// its context ends, and counts the round trips that worked.
+// agentLoop keeps one connection echoing (unless it is nil) and opens new ones from the
+// client's netns until its context ends, and counts the round trips that worked.
 type agentLoop struct {
 	// mu guards the fields below.
 	mu    sync.Mutex
@@ -51,7 +52,10 @@ type agentLoop struct {
 
 func (l *agentLoop) run(ctx context.Context, open *echoConn, fresh func() error) {
 	for ctx.Err() == nil {
-		err := open.roundTrip("steady")
+		var err error
+		if open != nil {
+			err = open.roundTrip("steady")
+		}
 		if err == nil {
 			err = fresh()
 		}
@@ -246,18 +250,63 @@ type certStatus struct {
 // checkZtunnelRestart restarts the ztunnels as an upgrade does: a rolling update of the
 // DaemonSet, whose maxSurge starts each node's new ztunnel while the old one still serves the
 // node's pods. The new one gets them all from the agent's replay and serves them once the old
-// one is gone.
+// one is gone. New connections from the client to the server, made all along, never fail:
+// the old ztunnels drain while the new ones take over, on both ends.
 func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 	old, err := ztunnelPod(ctx, cp.clientNode)
 	if err != nil {
 		t.Fatal(err)
 	}
+	olds, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := podNetNS(cp.pods["client"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	addr := net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000")
+	loopCtx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	loop := &agentLoop{}
+	wg.Go(func() { loop.run(loopCtx, nil, func() error { return echoOnce(loopCtx, h, addr) }) })
+	defer func() { stop(); wg.Wait() }()
+
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"ambit.test/restarted-at":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
 	if _, err := c.Client.AppsV1().DaemonSets(Namespace).Patch(ctx, "ztunnel", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := c.WaitForDaemonSet(ctx, Namespace, "ztunnel", 3*time.Minute); err != nil {
 		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	// The rollout is done once the new ztunnels are Ready; the old ones then drain and exit.
+	err = c.Wait(ctx, 2*time.Minute, "the old ztunnels gone", func(ctx context.Context) (bool, error) {
+		for _, p := range olds.Items {
+			if _, err := c.Client.CoreV1().Pods(Namespace).Get(ctx, p.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	during, _ := loop.count()
+	err = c.Wait(ctx, 30*time.Second, "new connections after the rolling update", func(ctx context.Context) (bool, error) {
+		n, err := loop.count()
+		return n >= during+5 || err != nil, nil
+	})
+	stop()
+	wg.Wait()
+	total, loopErr := loop.count()
+	if loopErr != nil {
+		t.Errorf("a new connection from the client failed during the ztunnel rolling update, after %d good ones: %v%s",
+			loop.errAt, loopErr, Diagnose(ctx, c, "app=ztunnel"))
+	} else if err != nil {
+		t.Error(err)
+	} else {
+		t.Logf("%d new connections from the client during and after the rolling update, none failed", total)
 	}
 	var zt *corev1.Pod
 	err = c.Wait(ctx, 2*time.Minute, "a new ztunnel Ready on "+cp.clientNode, func(ctx context.Context) (bool, error) {

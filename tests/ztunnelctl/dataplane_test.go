@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -368,6 +369,55 @@ func TestDataplane(t *testing.T) {
 		silent.SetReadDeadline(time.Now().Add(5 * time.Second))
 		if _, err := io.ReadAll(silent); errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Errorf("a client that never sent its TLS handshake was still connected after 5 s")
+		}
+	})
+
+	// Last: it stops ztunnel. Both ends of the connection are this ztunnel's, the outbound
+	// side in the client pod and the HBONE inbound side in the server pod; both drain.
+	t.Run("stopping drains open connections, then closes the rest", func(t *testing.T) {
+		open, err := dialApp(ctx, d.client, serverIP+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer open.Close()
+		late, err := dialApp(ctx, d.client, serverIP+":8080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer late.Close()
+		const drain = 3 * time.Second
+		stopped := make(chan time.Time, 1)
+		began := time.Now()
+		go func() {
+			stopCtx, cancel := context.WithTimeout(context.Background(), drain)
+			defer cancel()
+			d.proxy.Stop(stopCtx)
+			stopped <- time.Now()
+		}()
+		// Well inside the drain, both connections still carry traffic.
+		time.Sleep(drain / 3)
+		for i, c := range []*appConn{open, late} {
+			if err := c.roundTrip(fmt.Sprintf("draining %d", i)); err != nil {
+				t.Errorf("connection %d opened before the stop, during the drain: %v; want it served until the drain ends", i, err)
+			}
+		}
+		if _, err := dialApp(ctx, d.client, serverIP+":8080"); err == nil {
+			t.Errorf("a new connection was served after the stop began; want the listeners closed")
+		}
+		// One ends by itself: the other is closed when the drain ends.
+		open.Close()
+		select {
+		case <-stopped:
+			t.Fatalf("Stop returned after %v with a connection still open; want it to wait for the drain", time.Since(began))
+		case <-time.After(drain / 3):
+		}
+		at := <-stopped
+		if took := at.Sub(began); took < drain-100*time.Millisecond || took > drain+2*time.Second {
+			t.Errorf("Stop returned after %v; want about the drain, %v", took, drain)
+		}
+		late.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := late.roundTrip("after"); err == nil {
+			t.Errorf("the connection still open when the drain ended works after the stop; want it closed")
 		}
 	})
 }

@@ -47,11 +47,7 @@ func (px *Proxy) plaintextInbound(p *Pod, c net.Conn) {
 // serveHBONE serves the pod's HBONE listener until it closes.
 func (px *Proxy) serveHBONE(p *Pod, ln net.Listener) {
 	srv, err := hbone.NewServer(hbone.ServerConfig{
-		Certificate: func() (*tls.Certificate, error) {
-			ctx, cancel := context.WithTimeout(p.ctx, px.cfg.HandshakeTimeout)
-			defer cancel()
-			return px.cfg.Certs.Get(ctx, p.Identity)
-		},
+		Certificate:           func() (*tls.Certificate, error) { return px.podCert(p) },
 		Roots:                 func() (*x509.CertPool, error) { return px.cfg.Certs.Roots(), nil },
 		TrustDomain:           p.Identity.TrustDomain,
 		RequireLocalAuthority: true,
@@ -68,7 +64,11 @@ func (px *Proxy) serveHBONE(p *Pod, ln net.Listener) {
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, hbone.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		px.log.Warn("HBONE listener stopped", "pod", p.key(), "error", err)
 	}
-	srv.Close()
+	// The listener is closed: ztunnel is stopping (the pod's context ends when the drain
+	// does) or the pod was removed (it ends at once). GOAWAY sends the peers' new streams to
+	// a new connection, which in a rolling update reaches the new ztunnel's listener, while
+	// the open streams go on until they finish or the context ends.
+	srv.Shutdown(p.ctx)
 }
 
 // hboneInbound serves one CONNECT request that reached the pod's HBONE listener. The library

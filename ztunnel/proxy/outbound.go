@@ -100,12 +100,27 @@ func (px *Proxy) source(p *Pod) *hbone.Source {
 	p.srcOnce.Do(func() {
 		p.src = &hbone.Source{
 			Identity:    p.Identity,
-			Certificate: func() (*tls.Certificate, error) { return px.cfg.Certs.Get(p.ctx, p.Identity) },
-			Roots:       func() (*x509.CertPool, error) { return px.cfg.Certs.Roots(), nil },
+			Certificate: func() (*tls.Certificate, error) { return px.podCert(p) },
+			// The roots come with the certificates, and TLS 1.3 has the client check the
+			// server before it sends its own: a ztunnel that has just started (in a rolling
+			// update, next to the old one) would check it against no roots at all.
+			Roots: func() (*x509.CertPool, error) {
+				if _, err := px.podCert(p); err != nil {
+					return nil, err
+				}
+				return px.cfg.Certs.Roots(), nil
+			},
 			DialContext: px.dialer(p),
 		}
 	})
 	return p.src
+}
+
+// podCert returns the pod's certificate, waiting at most a handshake's time for its fetch.
+func (px *Proxy) podCert(p *Pod) (*tls.Certificate, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, px.cfg.HandshakeTimeout)
+	defer cancel()
+	return px.cfg.Certs.Get(ctx, p.Identity)
 }
 
 // workloadIdentity is the SPIFFE identity a workload's certificate carries.
