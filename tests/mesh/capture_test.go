@@ -174,7 +174,7 @@ func checkCapture(ctx context.Context, t *testing.T, backend string, run int) {
 		t.Run("a node agent restart keeps captured traffic", func(t *testing.T) { cp.checkAgentRestart(ctx, t) })
 		t.Run("kubelet probes bypass ztunnel", func(t *testing.T) { cp.checkProbes(ctx, t) })
 	}
-	t.Run("a ztunnel rolling update gets the full replay", func(t *testing.T) { cp.checkZtunnelRestart(ctx, t) })
+	t.Run("a ztunnel rolling update gets the full replay and fails no new connection", func(t *testing.T) { cp.checkZtunnelRestart(ctx, t) })
 	if err := c.Delete(ctx, cp.ns, strictMTLS); err != nil {
 		t.Fatal(err)
 	}
