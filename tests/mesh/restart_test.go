@@ -16,6 +16,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ambit-mesh/ambit/internal/netns"
 )
 
 // probeAddr is where the node agent SNATs kubelet probes to (DESIGN.md section 5).
@@ -40,9 +42,12 @@ func (cp *capture) captureState(t *testing.T, pod *corev1.Pod) string {
 	return state
 }
 
-// agentLoop keeps one connection echoing (unless it is nil) and opens new ones from the
-// client's netns until its context ends, and counts the round trips that worked.
-type agentLoop struct {
+// trafficLoop keeps one connection echoing (unless it is nil) and opens new ones from the
+// client's netns until it is stopped or fails, and counts the round trips that worked.
+type trafficLoop struct {
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
 	// mu guards the fields below.
 	mu    sync.Mutex
 	ok    int
@@ -50,7 +55,34 @@ type agentLoop struct {
 	errAt int // ok when err happened
 }
 
-func (l *agentLoop) run(ctx context.Context, open *echoConn, fresh func() error) {
+// startLoop starts a trafficLoop: open's round trip (if any), then a new connection from h
+// to addr, every 50 ms.
+func startLoop(ctx context.Context, h *netns.Handle, addr string, open *echoConn) *trafficLoop {
+	ctx, stop := context.WithCancel(ctx)
+	l := &trafficLoop{stop: stop}
+	l.wg.Go(func() { l.run(ctx, open, func() error { return echoOnce(ctx, h, addr) }) })
+	return l
+}
+
+// halt stops the loop and waits for it.
+func (l *trafficLoop) halt() {
+	l.stop()
+	l.wg.Wait()
+}
+
+// moreRounds waits (30 s at most) until the loop has made n more rounds or failed, then
+// halts it.
+func (l *trafficLoop) moreRounds(ctx context.Context, n int, what string) error {
+	from, _ := l.count()
+	err := c.Wait(ctx, 30*time.Second, what, func(context.Context) (bool, error) {
+		ok, err := l.count()
+		return ok >= from+n || err != nil, nil
+	})
+	l.halt()
+	return err
+}
+
+func (l *trafficLoop) run(ctx context.Context, open *echoConn, fresh func() error) {
 	for ctx.Err() == nil {
 		var err error
 		if open != nil {
@@ -76,7 +108,7 @@ func (l *agentLoop) run(ctx context.Context, open *echoConn, fresh func() error)
 	}
 }
 
-func (l *agentLoop) count() (int, error) {
+func (l *trafficLoop) count() (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.ok, l.err
@@ -97,11 +129,8 @@ func (cp *capture) checkAgentRestart(ctx context.Context, t *testing.T) {
 	defer open.Close()
 	rulesBefore := cp.captureState(t, client)
 
-	loopCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	loop := &agentLoop{}
-	wg.Go(func() { loop.run(loopCtx, open, func() error { return echoOnce(loopCtx, h, addr) }) })
-	defer func() { stop(); wg.Wait() }()
+	loop := startLoop(ctx, h, addr, open)
+	defer loop.halt()
 
 	old, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=istio-cni-node"})
 	if err != nil {
@@ -132,14 +161,9 @@ func (cp *capture) checkAgentRestart(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v%s", err, Diagnose(ctx, c, "k8s-app=istio-cni-node"))
 	}
-	during, loopErr := loop.count()
+	during, _ := loop.count()
 	// Some more rounds with the new agents in charge.
-	err = c.Wait(ctx, 30*time.Second, "traffic after the agent restart", func(ctx context.Context) (bool, error) {
-		n, err := loop.count()
-		return n >= during+5 || err != nil, nil
-	})
-	stop()
-	wg.Wait()
+	err = loop.moreRounds(ctx, 5, "traffic after the agent restart")
 	after, loopErr := loop.count()
 	if loopErr != nil {
 		t.Fatalf("captured traffic broke during the agent restart after %d good rounds (%d before the agents were deleted, %d when the new ones were Ready): %v%s",
@@ -266,12 +290,8 @@ func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	addr := net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000")
-	loopCtx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	loop := &agentLoop{}
-	wg.Go(func() { loop.run(loopCtx, nil, func() error { return echoOnce(loopCtx, h, addr) }) })
-	defer func() { stop(); wg.Wait() }()
+	loop := startLoop(ctx, h, net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000"), nil)
+	defer loop.halt()
 
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"ambit.test/restarted-at":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
 	if _, err := c.Client.AppsV1().DaemonSets(Namespace).Patch(ctx, "ztunnel", types.StrategicMergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
@@ -292,13 +312,7 @@ func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
 	}
-	during, _ := loop.count()
-	err = c.Wait(ctx, 30*time.Second, "new connections after the rolling update", func(ctx context.Context) (bool, error) {
-		n, err := loop.count()
-		return n >= during+5 || err != nil, nil
-	})
-	stop()
-	wg.Wait()
+	err = loop.moreRounds(ctx, 5, "new connections after the rolling update")
 	total, loopErr := loop.count()
 	if loopErr != nil {
 		t.Errorf("a new connection from the client failed during the ztunnel rolling update, after %d good ones: %v%s",
