@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -16,14 +17,24 @@ import (
 // grpc-go's default.
 const DefaultMaxRecvSize = 4 << 20
 
+// DefaultConnectTimeout bounds a connection attempt unless Options say otherwise. Without a
+// bound, an attempt that kube-proxy sent to a Service endpoint that had just gone (its pod
+// deleted, the SYN unanswered) waited for the kernel's own give-up, over a minute, with a call
+// (an xDS stream) waiting behind it; the next attempt picks a live endpoint.
+const DefaultConnectTimeout = 10 * time.Second
+
 // Options configure a Conn.
 type Options struct {
 	// TLS, when set, makes the connection TLS with ALPN h2, verified as this config says (its
 	// RootCAs and ServerName). Nil: plaintext HTTP/2 with prior knowledge (h2c).
 	TLS *tls.Config
-	// Dial opens the TCP connection (nil: a net.Dialer). Tests use it to count or break
-	// connections.
+	// Dial opens the TCP connection (nil: a net.Dialer whose TCP keepalive notices a server
+	// gone silent, one whose machine or pod vanished without closing, within 25 s). Tests
+	// use it to count or break connections.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// ConnectTimeout bounds one connection attempt: TCP, TLS and HTTP/2 preface (default
+	// DefaultConnectTimeout).
+	ConnectTimeout time.Duration
 	// UserAgent is sent as user-agent (default "ambit-grpcwire").
 	UserAgent string
 	// MaxRecvSize bounds a received message (default DefaultMaxRecvSize).
@@ -67,8 +78,11 @@ func New(address string, o Options) (*Conn, error) {
 		o.MaxRecvSize = DefaultMaxRecvSize
 	}
 	if o.Dial == nil {
-		var d net.Dialer
+		d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 3}}
 		o.Dial = d.DialContext
+	}
+	if o.ConnectTimeout <= 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
 	}
 	scheme := "http"
 	if o.TLS != nil {
@@ -126,6 +140,8 @@ func (c *Conn) transport(ctx context.Context) (*transport, error) {
 // connect dials the server and starts HTTP/2 on the connection: after a TLS handshake that
 // must agree on h2 (ALPN), or at once (h2c with prior knowledge).
 func (c *Conn) connect(ctx context.Context) (*transport, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
+	defer cancel()
 	nc, err := c.opts.Dial(ctx, "tcp", c.address)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -413,5 +414,37 @@ func TestTimeoutHeader(t *testing.T) {
 		if got := grpcwire.Timeout(tc.d); got != tc.want {
 			t.Errorf("timeout(%s) = %q, want %q", tc.d, got, tc.want)
 		}
+	}
+}
+
+// TestConnectTimeout: a connection attempt that hangs (a SYN to a Service endpoint that has
+// just gone) fails after ConnectTimeout, not when the call's own context ends (never, for a
+// long-lived stream), and the next call connects anew.
+func TestConnectTimeout(t *testing.T) {
+	testutil.CheckGoroutines(t, testTimeout)
+	s := startServer(t, false)
+	var attempts atomic.Int32
+	var d net.Dialer
+	c := dial(t, s.addr, grpcwire.Options{
+		ConnectTimeout: 200 * time.Millisecond,
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			if attempts.Add(1) == 1 {
+				<-ctx.Done() // unanswered
+				return nil, ctx.Err()
+			}
+			return d.DialContext(ctx, network, addr)
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	began := time.Now()
+	if _, err := call(ctx, c, nil, "first"); grpcwire.CodeOf(err) != grpcwire.Unavailable {
+		t.Errorf("call over a hanging connection attempt: %v; want Unavailable", err)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("the hanging connection attempt failed after %v; want about the 200ms ConnectTimeout", took)
+	}
+	if got, err := call(ctx, c, nil, "second"); err != nil || got != "got second" {
+		t.Errorf("the next call: %q, %v; want it answered over a new connection", got, err)
 	}
 }
