@@ -175,6 +175,7 @@ func checkCapture(ctx context.Context, t *testing.T, backend string, run int) {
 		t.Run("kubelet probes bypass ztunnel", func(t *testing.T) { cp.checkProbes(ctx, t) })
 	}
 	t.Run("a ztunnel rolling update gets the full replay and fails no new connection", func(t *testing.T) { cp.checkZtunnelRestart(ctx, t) })
+	t.Run("a control plane restart fails no new connection", func(t *testing.T) { cp.checkControlPlaneRestart(ctx, t) })
 	if err := c.Delete(ctx, cp.ns, strictMTLS); err != nil {
 		t.Fatal(err)
 	}

@@ -72,32 +72,7 @@ func (cp *capture) checkStrict(ctx context.Context, t *testing.T) {
 }
 
 func (cp *capture) checkAllow(ctx context.Context, t *testing.T) {
-	policy := fmt.Sprintf(allowClient, cp.ns)
-	if err := c.Apply(ctx, cp.ns, policy); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := c.Delete(ctx, cp.ns, policy); err != nil {
-			t.Error(err)
-		}
-		// Later steps need other let in again.
-		err := c.Wait(ctx, 30*time.Second, "other allowed again", func(ctx context.Context) (bool, error) {
-			_, err := runClientIn(ctx, cp.ns, "other", cp.serverURL, 1, "")
-			return err == nil, nil
-		})
-		if err != nil {
-			t.Error(err)
-		}
-	}()
-	var last error
-	err := c.Wait(ctx, 30*time.Second, "other refused by the ALLOW policy", func(ctx context.Context) (bool, error) {
-		_, last = runClientIn(ctx, cp.ns, "other", cp.serverURL, 1, "")
-		return last != nil, nil
-	})
-	if err != nil {
-		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
-	}
-	t.Logf("other refused: %v", last)
+	defer cp.allowOnlyClient(ctx, t)()
 	if _, err := runClientIn(ctx, cp.ns, "client", cp.serverURL, 3, ""); err != nil {
 		t.Errorf("the principal the ALLOW policy names: %v", err)
 	}
@@ -112,6 +87,39 @@ func (cp *capture) checkAllow(ctx context.Context, t *testing.T) {
 	if other := "src.identity=spiffe://cluster.local/ns/" + cp.ns + "/sa/other"; !logLine(logs, "connection complete", other, "policy=deny") {
 		t.Errorf("ztunnel %s's access log has no denied connection with %s", zt.Name, other)
 	}
+}
+
+// allowOnlyClient applies allowClient and waits until the ztunnels refuse other; the function
+// it returns removes the policy and waits until other is let in again.
+func (cp *capture) allowOnlyClient(ctx context.Context, t *testing.T) (undo func()) {
+	policy := fmt.Sprintf(allowClient, cp.ns)
+	if err := c.Apply(ctx, cp.ns, policy); err != nil {
+		t.Fatal(err)
+	}
+	undo = func() {
+		if err := c.Delete(ctx, cp.ns, policy); err != nil {
+			t.Error(err)
+		}
+		// Later steps need other let in again.
+		err := c.Wait(ctx, 30*time.Second, "other allowed again", func(ctx context.Context) (bool, error) {
+			_, err := runClientIn(ctx, cp.ns, "other", cp.serverURL, 1, "")
+			return err == nil, nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	var last error
+	err := c.Wait(ctx, 30*time.Second, "other refused by the ALLOW policy", func(ctx context.Context) (bool, error) {
+		_, last = runClientIn(ctx, cp.ns, "other", cp.serverURL, 1, "")
+		return last != nil, nil
+	})
+	if err != nil {
+		undo()
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	t.Logf("other refused: %v", last)
+	return undo
 }
 
 // logLine says whether a line of logs contains every one of want.

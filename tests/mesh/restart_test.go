@@ -380,3 +380,78 @@ func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 		t.Errorf("the new ztunnel on %s: %v", cp.clientNode, err)
 	}
 }
+
+// checkControlPlaneRestart deletes istiod-lite's pods, as a crash or a node drain does, while
+// the client keeps opening connections to the server (STRICT is on, so a connection that
+// lost its mTLS would fail too). The ztunnels serve from what they hold while the control
+// plane is away, and take up its stream again once a new one is Ready.
+func (cp *capture) checkControlPlaneRestart(ctx context.Context, t *testing.T) {
+	h, err := podNetNS(cp.pods["client"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	loop := startLoop(ctx, h, net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000"), nil)
+	defer loop.halt()
+	streams := func() map[string]int {
+		n := map[string]int{}
+		for _, node := range []string{cp.clientNode, cp.serverNode} {
+			zt, err := ztunnelPod(ctx, node)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs, err := c.Logs(ctx, Namespace, zt.Name, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			n[node] = strings.Count(logs, `msg="xds stream open"`)
+		}
+		return n
+	}
+	before := streams()
+	old, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+	if err != nil || len(old.Items) == 0 {
+		t.Fatalf("istiod-lite pods: %v (%d found)", err, len(old.Items))
+	}
+	for _, p := range old.Items {
+		if err := c.Client.CoreV1().Pods(Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("deleting %s: %v", p.Name, err)
+		}
+	}
+	err = c.Wait(ctx, 2*time.Minute, "a new istiod-lite Ready", func(ctx context.Context) (bool, error) {
+		list, err := c.Client.CoreV1().Pods(Namespace).List(ctx, metav1.ListOptions{LabelSelector: "app=istiod"})
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range list.Items {
+			if !slices.ContainsFunc(old.Items, func(o corev1.Pod) bool { return o.UID == p.UID }) && !readySince(&p).Time.IsZero() {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("%v%s", err, Diagnose(ctx, c, "app=istiod"))
+	}
+	// Each ztunnel opens a new stream to it.
+	err = c.Wait(ctx, time.Minute, "both ztunnels' xDS streams open again", func(ctx context.Context) (bool, error) {
+		now := streams()
+		return now[cp.clientNode] > before[cp.clientNode] && now[cp.serverNode] > before[cp.serverNode], nil
+	})
+	if err != nil {
+		t.Errorf("%v%s", err, Diagnose(ctx, c, "app=ztunnel"))
+	}
+	err = loop.moreRounds(ctx, 5, "new connections after the control plane restart")
+	total, loopErr := loop.count()
+	switch {
+	case loopErr != nil:
+		t.Errorf("a new connection from the client failed across the control plane restart, after %d good ones: %v%s",
+			loop.errAt, loopErr, Diagnose(ctx, c, "app=ztunnel"))
+	case err != nil:
+		t.Error(err)
+	default:
+		t.Logf("%d new connections from the client across the control plane restart, none failed", total)
+	}
+	// And new configuration reaches the ztunnels through the new control plane.
+	cp.allowOnlyClient(ctx, t)()
+}
