@@ -285,17 +285,10 @@ func (cp *capture) checkOptOut(ctx context.Context, t *testing.T) {
 			t.Errorf("ztunnel on %s counts %v connections of the default service account's pods (optout, hostnet); want 0", node, n)
 		}
 	}
-	zt, err := ztunnelPod(ctx, cp.clientNode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ztName, logs := ztunnelLogs(ctx, t, cp.clientNode)
 	for _, app := range []string{"optout", "hostnet"} {
 		if uid := string(cp.pods[app].UID); strings.Contains(logs, uid) {
-			t.Errorf("ztunnel %s's log names pod %s (uid %s); it must never have been handed to ztunnel", zt.Name, app, uid)
+			t.Errorf("ztunnel %s's log names pod %s (uid %s); it must never have been handed to ztunnel", ztName, app, uid)
 		}
 	}
 }

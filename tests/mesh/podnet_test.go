@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -136,6 +137,20 @@ func echoOnce(ctx context.Context, h *netns.Handle, addr string) error {
 	}
 	defer e.Close()
 	return e.roundTrip("once")
+}
+
+// ztunnelLogs returns the name and the log of node's ztunnel.
+func ztunnelLogs(ctx context.Context, t *testing.T, node string) (name, logs string) {
+	t.Helper()
+	zt, err := ztunnelPod(ctx, node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs, err = c.Logs(ctx, Namespace, zt.Name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return zt.Name, logs
 }
 
 // ztunnelPod returns the one ztunnel pod of node that is not being deleted.

@@ -76,16 +76,9 @@ func (cp *capture) checkAllow(ctx context.Context, t *testing.T) {
 	if _, err := runClientIn(ctx, cp.ns, "client", cp.serverURL, 3, ""); err != nil {
 		t.Errorf("the principal the ALLOW policy names: %v", err)
 	}
-	zt, err := ztunnelPod(ctx, cp.serverNode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ztName, logs := ztunnelLogs(ctx, t, cp.serverNode)
 	if other := "src.identity=spiffe://cluster.local/ns/" + cp.ns + "/sa/other"; !logLine(logs, "connection complete", other, "policy=deny") {
-		t.Errorf("ztunnel %s's access log has no denied connection with %s", zt.Name, other)
+		t.Errorf("ztunnel %s's access log has no denied connection with %s", ztName, other)
 	}
 }
 
@@ -195,15 +188,8 @@ func (cp *capture) checkDenyOpen(ctx context.Context, t *testing.T) {
 	if err := echoOnce(ctx, h, net.JoinHostPort(serverIP, "9000")); err != nil {
 		t.Errorf("a new connection to 9000 (not denied): %v", err)
 	}
-	zt, err := ztunnelPod(ctx, cp.serverNode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ztName, logs := ztunnelLogs(ctx, t, cp.serverNode)
 	if !logLine(logs, "closing a connection a policy change denies", cp.pods["client"].Status.PodIP, "port=9001") {
-		t.Errorf("ztunnel %s's log does not say it closed the client's connection to 9001", zt.Name)
+		t.Errorf("ztunnel %s's log does not say it closed the client's connection to 9001", ztName)
 	}
 }

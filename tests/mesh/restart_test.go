@@ -45,8 +45,9 @@ func (cp *capture) captureState(t *testing.T, pod *corev1.Pod) string {
 // trafficLoop keeps one connection echoing (unless it is nil) and opens new ones from the
 // client's netns until it is stopped or fails, and counts the round trips that worked.
 type trafficLoop struct {
-	stop context.CancelFunc
-	wg   sync.WaitGroup
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	cleanup func() // after it has stopped, if set
 
 	// mu guards the fields below.
 	mu    sync.Mutex
@@ -64,10 +65,26 @@ func startLoop(ctx context.Context, h *netns.Handle, addr string, open *echoConn
 	return l
 }
 
-// halt stops the loop and waits for it.
+// clientLoop is a trafficLoop of new connections from the client pod to the server's TCP echo
+// port, with no connection kept open.
+func (cp *capture) clientLoop(ctx context.Context, t *testing.T) *trafficLoop {
+	h, err := podNetNS(cp.pods["client"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := startLoop(ctx, h, net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000"), nil)
+	l.cleanup = func() { h.Close() }
+	return l
+}
+
+// halt stops the loop and waits for it; it may be called again.
 func (l *trafficLoop) halt() {
 	l.stop()
 	l.wg.Wait()
+	if l.cleanup != nil {
+		l.cleanup()
+		l.cleanup = nil
+	}
 }
 
 // moreRounds waits (30 s at most) until the loop has made n more rounds or failed, then
@@ -196,17 +213,10 @@ func (cp *capture) checkAgentRestart(ctx context.Context, t *testing.T) {
 	// Each ztunnel kept serving its node's enrolled pods through the agents' replay: an open
 	// connection rides a pooled tunnel, so only the ztunnels' own word shows a pod dropped.
 	for node, apps := range map[string][]string{cp.clientNode: {"client", "other"}, cp.serverNode: {"server"}} {
-		zt, err := ztunnelPod(ctx, node)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ztLogs, err := c.Logs(ctx, Namespace, zt.Name, "")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ztName, ztLogs := ztunnelLogs(ctx, t, node)
 		for _, app := range apps {
 			if uid := string(cp.pods[app].UID); logLine(ztLogs, "pod removed", uid) || logLine(ztLogs, "no longer served", uid) {
-				t.Errorf("ztunnel %s on %s dropped pod %s during the agent restart", zt.Name, node, app)
+				t.Errorf("ztunnel %s on %s dropped pod %s during the agent restart", ztName, node, app)
 			}
 		}
 		agent, err := meshPod(ctx, "k8s-app=istio-cni-node", node)
@@ -238,14 +248,7 @@ func (cp *capture) checkProbes(ctx context.Context, t *testing.T) {
 	}
 	// And no connection from the node reached ztunnel: neither from the probe address nor
 	// from the node's own addresses (an unSNATed probe).
-	zt, err := ztunnelPod(ctx, cp.serverNode)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs, err := c.Logs(ctx, Namespace, zt.Name, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ztName, logs := ztunnelLogs(ctx, t, cp.serverNode)
 	var node netip.Addr
 	var gateway netip.Addr
 	for _, n := range c.Nodes {
@@ -257,11 +260,11 @@ func (cp *capture) checkProbes(ctx context.Context, t *testing.T) {
 	}
 	for _, src := range []string{probeAddr, node.String(), gateway.String()} {
 		if logLine(logs, "src.addr="+src+":") || logLine(logs, "src="+src+":") {
-			t.Errorf("ztunnel %s saw a connection from %s (the kubelet's probes must bypass it)", zt.Name, src)
+			t.Errorf("ztunnel %s saw a connection from %s (the kubelet's probes must bypass it)", ztName, src)
 		}
 	}
 	if !logLine(logs, "connection complete", "dst.addr="+server.Status.PodIP+":") {
-		t.Errorf("ztunnel %s logged no connection to the server at all; the check would see nothing", zt.Name)
+		t.Errorf("ztunnel %s logged no connection to the server at all; the check would see nothing", ztName)
 	}
 }
 
@@ -285,12 +288,7 @@ func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := podNetNS(cp.pods["client"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	loop := startLoop(ctx, h, net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000"), nil)
+	loop := cp.clientLoop(ctx, t)
 	defer loop.halt()
 
 	patch := fmt.Sprintf(`{"spec":{"template":{"metadata":{"annotations":{"ambit.test/restarted-at":%q}}}}}`, time.Now().Format(time.RFC3339Nano))
@@ -386,24 +384,12 @@ func (cp *capture) checkZtunnelRestart(ctx context.Context, t *testing.T) {
 // lost its mTLS would fail too). The ztunnels serve from what they hold while the control
 // plane is away, and take up its stream again once a new one is Ready.
 func (cp *capture) checkControlPlaneRestart(ctx context.Context, t *testing.T) {
-	h, err := podNetNS(cp.pods["client"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	loop := startLoop(ctx, h, net.JoinHostPort(cp.pods["server"].Status.PodIP, "9000"), nil)
+	loop := cp.clientLoop(ctx, t)
 	defer loop.halt()
 	streams := func() map[string]int {
 		n := map[string]int{}
 		for _, node := range []string{cp.clientNode, cp.serverNode} {
-			zt, err := ztunnelPod(ctx, node)
-			if err != nil {
-				t.Fatal(err)
-			}
-			logs, err := c.Logs(ctx, Namespace, zt.Name, "")
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, logs := ztunnelLogs(ctx, t, node)
 			n[node] = strings.Count(logs, `msg="xds stream open"`)
 		}
 		return n
