@@ -95,11 +95,11 @@ func control(network, address string, c syscall.RawConn, reusePort bool) error {
 // maxSurge 1; DESIGN.md section 5): the new one opens its listeners in every enrolled pod while
 // the old one still holds the same ports, and the kernel spreads new connections over both until
 // the old one closes its listeners to drain (what they had queued moves to the new one's: the
-// CNI agent sets net.ipv4.tcp_migrate_req in the pod netns). Without it the new ztunnel's listen failed with
-// "address already in use", it refused every replayed pod, and once the old one stopped, the
-// node's captured traffic had nowhere to go. The kernel admits only sockets of the same user to
-// the group, which ztunnel's listeners are (root); a pod's process running as root could join
-// it too, as it could bind the ports whenever ztunnel is not listening.
+// CNI agent sets net.ipv4.tcp_migrate_req in the pod netns). Without it the new ztunnel's
+// listen failed with "address already in use", it refused every replayed pod, and once the old
+// one stopped, the node's captured traffic had nowhere to go. The kernel admits only sockets of
+// the same user to the group, which ztunnel's listeners are (root); a pod's process running as
+// root could join it too, as it could bind the ports whenever ztunnel is not listening.
 func ListenConfig() *net.ListenConfig {
 	lc := &net.ListenConfig{Control: listenControl}
 	lc.SetMultipathTCP(false)
