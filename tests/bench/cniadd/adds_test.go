@@ -94,32 +94,25 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		}
 	}()
 
-	type job struct {
-		variant, name, node string
-	}
-	jobs := make(chan job)
-	var wg sync.WaitGroup
-	var mu sync.Mutex // guards errs
-	var errs []error
-	for range l.workers {
-		wg.Go(func() {
-			for j := range jobs {
-				if err := runPod(ctx, nss[j.variant], j.name, j.node, j.variant == variantEnrolled); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
-			}
-		})
-	}
+	var all []podJob
 	for i := range 2 * l.pods {
 		v := []string{variantEnrolled, variantPlain}[i%2]
-		jobs <- job{variant: v, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name}
+		all = append(all, podJob{ns: nss[v], enrolled: v == variantEnrolled, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name})
 	}
-	close(jobs)
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	if l.round == 0 {
+		if err := runPods(ctx, all, l.workers, false); err != nil {
+			return nil, err
+		}
+	}
+	for rest := all; l.round > 0 && len(rest) > 0; {
+		n := min(2*l.round, len(rest))
+		if err := runPods(ctx, rest[:n], l.workers, true); err != nil {
+			return nil, err
+		}
+		if err := tearDown(ctx, rest[:n]); err != nil {
+			return nil, err
+		}
+		rest = rest[n:]
 	}
 
 	calls, err := readCalls(ctx)
@@ -191,21 +184,52 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 	return out, nil
 }
 
+// podJob is one pod to create.
+type podJob struct {
+	ns, name, node string
+	enrolled       bool
+}
+
+// runPods runs jobs, workers at a time; keep leaves the pods in place once they run.
+func runPods(ctx context.Context, jobs []podJob, workers int, keep bool) error {
+	next := make(chan podJob)
+	var wg sync.WaitGroup
+	var mu sync.Mutex // guards errs
+	var errs []error
+	for range workers {
+		wg.Go(func() {
+			for j := range next {
+				if err := runPod(ctx, j, keep); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for _, j := range jobs {
+		next <- j
+	}
+	close(next)
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // runPod creates a pod, waits until it runs (its sandbox, network included, is up) and, if it
 // should be enrolled, until the agent has annotated it, checks that a plain pod was not
-// annotated, and deletes it.
-func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
-	pods := c.Client.CoreV1().Pods(ns)
-	if _, err := pods.Create(ctx, podFor(name, node), metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("creating pod %s/%s: %w", ns, name, err)
+// annotated, and deletes it unless keep.
+func runPod(ctx context.Context, j podJob, keep bool) error {
+	pods := c.Client.CoreV1().Pods(j.ns)
+	if _, err := pods.Create(ctx, podFor(j.name, j.node), metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("creating pod %s/%s: %w", j.ns, j.name, err)
 	}
 	var pod *corev1.Pod
-	what := "pod " + ns + "/" + name + " running"
-	if enrolled {
+	what := "pod " + j.ns + "/" + j.name + " running"
+	if j.enrolled {
 		what += " and annotated ambient.istio.io/redirection=enabled"
 	}
 	err := c.Wait(ctx, 2*time.Minute, what, func(ctx context.Context) (bool, error) {
-		p, err := pods.Get(ctx, name, metav1.GetOptions{})
+		p, err := pods.Get(ctx, j.name, metav1.GetOptions{})
 		if err != nil {
 			return false, nil
 		}
@@ -213,7 +237,7 @@ func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
 		if problem := cluster.PodProblem(p); problem != "" {
 			return false, errors.New(problem)
 		}
-		return p.Status.Phase == corev1.PodRunning && (!enrolled || annotated(p)), nil
+		return p.Status.Phase == corev1.PodRunning && (!j.enrolled || annotated(p)), nil
 	})
 	if err != nil {
 		if pod != nil {
@@ -221,13 +245,82 @@ func runPod(ctx context.Context, ns, name, node string, enrolled bool) error {
 		}
 		return err
 	}
-	if !enrolled && annotated(pod) {
-		return fmt.Errorf("pod %s/%s: annotated as enrolled in a namespace that is not (annotations %v)", ns, name, pod.Annotations)
+	if !j.enrolled && annotated(pod) {
+		return fmt.Errorf("pod %s/%s: annotated as enrolled in a namespace that is not (annotations %v)", j.ns, j.name, pod.Annotations)
 	}
-	if err := pods.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
-		return fmt.Errorf("deleting pod %s/%s: %w", ns, name, err)
+	if keep {
+		return nil
+	}
+	return deletePod(ctx, j)
+}
+
+func deletePod(ctx context.Context, j podJob) error {
+	if err := c.Client.CoreV1().Pods(j.ns).Delete(ctx, j.name, metav1.DeleteOptions{}); err != nil {
+		return fmt.Errorf("deleting pod %s/%s: %w", j.ns, j.name, err)
 	}
 	return nil
+}
+
+// netnsFreed is how long tearDown waits after the last DEL: the kernel frees a deleted
+// netns in a work queue once its last user is gone, with RCU grace periods that would
+// otherwise slow the next ADD's qdisc and route changes.
+const netnsFreed = time.Second
+
+// tearDown deletes the pods of jobs and waits until every plugin that set up one of their
+// sandboxes' network has been called to tear it down (cnitime's DEL records on the nodes),
+// then for the kernel to free the network namespaces.
+func tearDown(ctx context.Context, jobs []podJob) error {
+	want := map[string]bool{} // namespace/pod
+	for _, j := range jobs {
+		if err := deletePod(ctx, j); err != nil {
+			return err
+		}
+		want[j.ns+"/"+j.name] = true
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		calls, err := readCalls(ctx)
+		if err != nil {
+			return err
+		}
+		added, deleted := map[string]bool{}, map[string]bool{} // sandbox + plugin
+		seen := map[string]bool{}                              // namespace/pod with an ADD
+		for _, call := range calls {
+			pod := call.Namespace + "/" + call.Pod
+			if !want[pod] {
+				continue
+			}
+			switch call.Command {
+			case "ADD":
+				added[call.ContainerID+" "+call.Plugin] = true
+				seen[pod] = true
+			case "DEL":
+				deleted[call.ContainerID+" "+call.Plugin] = true
+			}
+		}
+		open := 0
+		for k := range added {
+			if !deleted[k] {
+				open++
+			}
+		}
+		if len(seen) < len(want) {
+			return fmt.Errorf("cnitime recorded no ADD for %d of the %d pods it deletes", len(want)-len(seen), len(want))
+		}
+		if open == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d plugin ADDs of %d deleted pods still have no DEL after 2m", open, len(want))
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(netnsFreed):
+		return nil
+	}
 }
 
 func annotated(p *corev1.Pod) bool {
