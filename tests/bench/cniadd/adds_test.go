@@ -74,8 +74,8 @@ func podFor(name, node string) *corev1.Pod {
 }
 
 // measureAdds creates l.pods pods in an enrolled namespace and as many in a plain one,
-// l.workers at a time, interleaved so that both see the same load, each deleted once it runs,
-// and reads the plugins' timings from the nodes.
+// l.workers at a time, interleaved so that both see the same load, deleted once they run
+// (by rounds if l.round is set), and reads the plugins' timings from the nodes.
 func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, error) {
 	prefix := fmt.Sprintf("cniadd-%s-%d-", backend, l.workers)
 	nss := map[string]string{
