@@ -99,18 +99,19 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		v := []string{variantEnrolled, variantPlain}[i%2]
 		all = append(all, podJob{ns: nss[v], enrolled: v == variantEnrolled, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name})
 	}
-	if l.round == 0 {
-		if err := runPods(ctx, all, l.workers, false); err != nil {
-			return nil, err
-		}
+	size, rounds := len(all), l.round > 0
+	if rounds {
+		size = 2 * l.round
 	}
-	for rest := all; l.round > 0 && len(rest) > 0; {
-		n := min(2*l.round, len(rest))
-		if err := runPods(ctx, rest[:n], l.workers, true); err != nil {
+	for rest := all; len(rest) > 0; {
+		n := min(size, len(rest))
+		if err := runPods(ctx, rest[:n], l.workers, rounds); err != nil {
 			return nil, err
 		}
-		if err := tearDown(ctx, rest[:n]); err != nil {
-			return nil, err
+		if rounds {
+			if err := tearDown(ctx, rest[:n]); err != nil {
+				return nil, err
+			}
 		}
 		rest = rest[n:]
 	}
