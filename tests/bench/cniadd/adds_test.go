@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambit-mesh/ambit/tests/bench/cniadd/cnitime"
+	"github.com/ambit-mesh/ambit/tests/bench/hostcpu"
 	"github.com/ambit-mesh/ambit/tests/cluster"
 	"github.com/ambit-mesh/ambit/tests/mesh"
 )
@@ -33,6 +34,7 @@ type addResult struct {
 	plugin           []time.Duration // per sandbox: ambit-cni's ADD call
 	failed           int             // sandboxes with a failed ADD (the kubelet retried them)
 	failures         []string        // what the kubelet's events said of them, once each
+	busy, steal      float64         // the machine's share of time not idle, and the hypervisor's, over the row
 	// steps are the agent's own timings of each enrolment (its "enrolled new pod" log line),
 	// by step: took (the whole ADD request in the agent), lock_wait, ztunnel_ack, redirect.
 	steps map[string][]time.Duration
@@ -99,6 +101,10 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		v := []string{variantEnrolled, variantPlain}[i%2]
 		all = append(all, podJob{ns: nss[v], enrolled: v == variantEnrolled, name: fmt.Sprintf("pod-%d", i/2), node: c.Nodes[(i/2)%len(c.Nodes)].Name})
 	}
+	t0, err := hostcpu.Read()
+	if err != nil {
+		return nil, err
+	}
 	size, rounds := len(all), l.round > 0
 	if rounds {
 		size = 2 * l.round
@@ -116,13 +122,17 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		rest = rest[n:]
 	}
 
+	t1, err := hostcpu.Read()
+	if err != nil {
+		return nil, err
+	}
 	calls, err := readCalls(ctx)
 	if err != nil {
 		return nil, err
 	}
 	var out []addResult
 	for _, variant := range []string{variantEnrolled, variantPlain} {
-		r := addResult{backend: backend, variant: variant, load: l}
+		r := addResult{backend: backend, variant: variant, load: l, busy: hostcpu.Busy(t0, t1), steal: hostcpu.Steal(t0, t1)}
 		type sandbox struct {
 			total, plugin time.Duration
 			failed        bool

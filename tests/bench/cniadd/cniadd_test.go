@@ -199,12 +199,13 @@ func report(b *testing.B, adds []addResult, conns []connResult) {
 	var t strings.Builder
 	fmt.Fprintf(&t, "\nCNI ADD latency, pods created one at a time or 4 at once, alternating the 2 nodes: the whole chain containerd runs in RunPodSandbox\n")
 	fmt.Fprintf(&t, "(bridge+host-local, portmap, loopback, ambit-cni: the network setup the kubelet waits for), and ambit-cni alone (its exec and its call to the agent:\n")
-	fmt.Fprintf(&t, "selectors, ZDS add + ztunnel's ack, redirection); each plugin timed around its exec by cnitime on the node\n\n")
-	fmt.Fprintf(&t, "| backend | pods created | namespace | pods | chain p50 ms | chain p99 ms | ambit-cni p50 ms | ambit-cni p99 ms | failed ADDs |\n|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&t, "selectors, ZDS add + ztunnel's ack, redirection); each plugin timed around its exec by cnitime on the node; the machine's busy and\n")
+	fmt.Fprintf(&t, "hypervisor-steal shares of all cores over each row (both namespaces)\n\n")
+	fmt.Fprintf(&t, "| backend | pods created | namespace | pods | chain p50 ms | chain p99 ms | ambit-cni p50 ms | ambit-cni p99 ms | failed ADDs | machine busy %% | steal %% |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, a := range adds {
 		chain, plugin := sortDurations(a.chain), sortDurations(a.plugin)
-		fmt.Fprintf(&t, "| %s | %s | %s | %d | %s | %s | %s | %s | %d |\n", a.backend, a.load.name, a.variant, len(a.chain),
-			ms(percentile(chain, 0.5)), ms(percentile(chain, 0.99)), ms(percentile(plugin, 0.5)), ms(percentile(plugin, 0.99)), a.failed)
+		fmt.Fprintf(&t, "| %s | %s | %s | %d | %s | %s | %s | %s | %d | %.0f | %.1f |\n", a.backend, a.load.name, a.variant, len(a.chain),
+			ms(percentile(chain, 0.5)), ms(percentile(chain, 0.99)), ms(percentile(plugin, 0.5)), ms(percentile(plugin, 0.99)), a.failed, a.busy*100, a.steal*100)
 		for _, f := range a.failures {
 			b.Logf("%s, %s, %s: failed ADD: %s", a.backend, a.load.name, a.variant, f)
 		}

@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambit-mesh/ambit/tests/bench/hostcpu"
 	"github.com/ambit-mesh/ambit/tests/cluster"
 	"github.com/ambit-mesh/ambit/tests/mesh"
 )
@@ -170,7 +171,7 @@ func BenchmarkDataPath(b *testing.B) {
 		for i := range variants {
 			v := variants[(i+pass)%len(variants)]
 			busy, top := waitIdle(ctx, b)
-			t0, err := cpuTotals()
+			t0, err := hostcpu.Read()
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -178,12 +179,12 @@ func BenchmarkDataPath(b *testing.B) {
 			if err != nil {
 				b.Fatalf("pass %d, %s: %v", pass+1, v.name, err)
 			}
-			t1, err := cpuTotals()
+			t1, err := hostcpu.Read()
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.Logf("pass %d, %s (machine %.0f%% busy before: %s; hypervisor steal during it %.1f%%): p50/p90/p99 %.3f/%.3f/%.3f ms, max %.0f qps, %.2f Gbit/s, %.4f cores/1000 rps, RSS %.1f MiB, PSS %.1f MiB",
-				pass+1, v.name, busy*100, top, stealShare(t0, t1)*100, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
+				pass+1, v.name, busy*100, top, hostcpu.Steal(t0, t1)*100, s.p50, s.p90, s.p99, s.maxQPS, s.gbps, s.cpuPer1k, s.rssMiB, s.pssMiB)
 			results[v.name] = append(results[v.name], s)
 		}
 		if pass == 0 {

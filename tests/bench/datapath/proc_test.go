@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ambit-mesh/ambit/tests/bench/hostcpu"
 )
 
 // userHZ is the unit of utime and stime in /proc/<pid>/stat: USER_HZ, which Linux fixes at
@@ -183,57 +185,14 @@ func pss(pids []int) (int64, error) {
 // with the processes that used most of it.
 func machineBusy(d time.Duration) (float64, string, error) {
 	procs := allCPU()
-	a, err := cpuTotals()
+	a, err := hostcpu.Read()
 	if err != nil {
 		return 0, "", err
 	}
 	time.Sleep(d)
-	b, err := cpuTotals()
+	b, err := hostcpu.Read()
 	if err != nil {
 		return 0, "", err
 	}
-	top := busiest(procs, allCPU(), 3)
-	total, idle := b[0]-a[0], b[1]-a[1]
-	if total == 0 {
-		return 0, top, nil
-	}
-	return 1 - float64(idle)/float64(total), top, nil
-}
-
-// cpuTotals returns the total, idle (idle + iowait) and steal jiffies of /proc/stat's cpu
-// line. Steal is the time the hypervisor ran something else while this machine had work.
-func cpuTotals() ([3]uint64, error) {
-	var out [3]uint64
-	data, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return out, err
-	}
-	line, _, _ := strings.Cut(string(data), "\n")
-	f := strings.Fields(line)
-	if len(f) < 6 || f[0] != "cpu" {
-		return out, fmt.Errorf("/proc/stat: first line %q; want the cpu totals", line)
-	}
-	for i, s := range f[1:] {
-		n, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			return out, fmt.Errorf("/proc/stat: %q: %w", s, err)
-		}
-		out[0] += n
-		if i == 3 || i == 4 { // idle, iowait
-			out[1] += n
-		}
-		if i == 7 {
-			out[2] = n
-		}
-	}
-	return out, nil
-}
-
-// stealShare is the share of the machine's time between two cpuTotals that the hypervisor
-// took: passes with a few percent of it are slower on every path.
-func stealShare(a, b [3]uint64) float64 {
-	if b[0] <= a[0] {
-		return 0
-	}
-	return float64(b[2]-a[2]) / float64(b[0]-a[0])
+	return hostcpu.Busy(a, b), busiest(procs, allCPU(), 3), nil
 }
