@@ -193,7 +193,7 @@ E2E_DIRS    := tests/smoke tests/istiodlite tests/mesh tests/demo
 # Go 1.27) when a worker is slow to stop on a busy machine. 100000 inputs take 2-12 s per target
 # here (8000-62000 per second).
 FUZZ_TARGETS := istiod-lite/model/authz:FuzzConvertAuthorizationPolicy \
-	internal/hbone:FuzzParseRequest internal/hbone:FuzzFrames internal/zds:FuzzDecode \
+	internal/hbone:FuzzParseRequest internal/hbone:FuzzFrames internal/hbone:FuzzRecordRead internal/zds:FuzzDecode \
 	internal/authz:FuzzCompileEvaluate ztunnel/dns:FuzzHandle cni/plugin:FuzzParseConfig
 FUZZ_TIME    ?= 100000x
 E2E_PKGS    := $(addprefix ./,$(E2E_DIRS))

@@ -190,8 +190,11 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	bc := &batchConn{Conn: fastConn(nc)}
-	tc := tls.Client(bc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer))
+	rc := newRecordConn(fastConn(nc))
+	var secrets keyLog
+	cfg := clientTLS(src.Certificate, src.Roots, t.Identities, &peer)
+	cfg.KeyLogWriter = &secrets
+	tc := tls.Client(rc.handshakeConn(), cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
@@ -200,18 +203,22 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.Close()
 		return nil, fmt.Errorf("server negotiated ALPN %q, want h2", got)
 	}
-	c := newConn(tc, true, peer, connConfig{
+	if err := rc.install(tc.ConnectionState(), &secrets, true); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c := newConn(rc, true, peer, connConfig{
 		pingInterval: p.cfg.PingInterval,
 		pingTimeout:  p.cfg.PingTimeout,
 		idleTimeout:  p.cfg.IdleTimeout,
 		onClose:      func(c *conn) { p.remove(key, c) },
 	})
-	c.batch = bc
+	c.rec = rc
 	c.reserved = 1
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		tc.Close()
+		rc.Close()
 		return nil, ErrPoolClosed
 	}
 	p.conns[key] = append(p.conns[key], c)

@@ -77,8 +77,8 @@ type connConfig struct {
 // conn is one HBONE connection (either side): an HTTP/2 connection that only
 // carries CONNECT streams.
 type conn struct {
-	nc     net.Conn   // the TLS connection
-	batch  *batchConn // under nc, if the caller put one there; gathers a flush's records
+	nc     net.Conn    // the TLS connection
+	rec    *recordConn // nc, when it is one: gathers the records of a flush into one write
 	client bool
 	peer   identity.Identity
 	cfg    connConfig
@@ -186,8 +186,8 @@ func (c *conn) start() error {
 
 // releaseWrite gives up the write lock after a failed write, without flushing.
 func (c *conn) releaseWrite() {
-	if c.batch != nil {
-		c.batch.end()
+	if c.rec != nil {
+		c.rec.end()
 	}
 	c.wmu.Unlock()
 }
@@ -198,8 +198,8 @@ func (c *conn) lockWrite() {
 	c.wwait.Add(1)
 	c.wmu.Lock()
 	c.wwait.Add(-1)
-	if c.batch != nil {
-		c.batch.begin()
+	if c.rec != nil {
+		c.rec.begin()
 	}
 }
 
@@ -210,8 +210,8 @@ func (c *conn) unlockWrite() error {
 	if c.wwait.Load() == 0 {
 		c.flushDue.Store(false)
 		err = c.bw.Flush()
-		if c.batch != nil {
-			if berr := c.batch.end(); err == nil {
+		if c.rec != nil {
+			if berr := c.rec.end(); err == nil {
 				err = berr
 			}
 		}
@@ -239,9 +239,9 @@ func (c *conn) unlockWriteSoon() error {
 	}
 	c.flushDue.Store(true)
 	var err error
-	if c.batch != nil {
-		// What crypto/tls wrote while the frame was buffered: nothing unless bw overflowed.
-		err = c.batch.end()
+	if c.rec != nil {
+		// The records sealed while the frame was buffered: none unless bw overflowed.
+		err = c.rec.end()
 	}
 	c.wmu.Unlock()
 	if err != nil {
@@ -459,8 +459,8 @@ func (c *conn) shutdown(code h2.ErrCode, err error) {
 		if c.writeGoAwayLocked(last, code) == nil {
 			c.bw.Flush()
 		}
-		if c.batch != nil {
-			c.batch.end()
+		if c.rec != nil {
+			c.rec.end()
 		}
 		c.wmu.Unlock()
 	}

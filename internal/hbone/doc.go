@@ -42,6 +42,15 @@
 // queued behind it, the writer of a small frame first lets the goroutines that
 // are ready to run go (streams woken by the same network poll add their frames
 // to its flush), and the TLS records of one flush leave in one syscall.
+//
+// crypto/tls does the handshake; the TLS 1.3 record layer after it is this package's
+// (record.go), so that a bulk transfer's plaintext is copied once on the way out (into the
+// record sealed in place in the flush's buffer) and never on the way in (records are
+// decrypted straight into the frame reader's buffer from a large read of the socket). It
+// takes the traffic secrets from crypto/tls's key log, which stays in memory; handles
+// alerts, KeyUpdate (and updates its own keys every 2^24 records) and NewSessionTicket
+// (ignored); and fails a connection that sends anything else with an error saying what
+// and an alert. It is tested against crypto/tls in both roles and fuzzed.
 // It honours the peer's settings, PINGs every 10 s and closes a connection whose PING is
 // unanswered for 20 s. The framing is its own (frame.go; HPACK is x/net/http2/hpack) and so
 // are its header type and status codes: the package links neither golang.org/x/net/http2

@@ -271,8 +271,11 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	bc := &batchConn{Conn: fastConn(nc)}
-	tc := tls.Server(bc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer))
+	rc := newRecordConn(fastConn(nc))
+	var secrets keyLog
+	cfg := serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer)
+	cfg.KeyLogWriter = &secrets
+	tc := tls.Server(rc.handshakeConn(), cfg)
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -286,24 +289,28 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.Close()
 		return
 	}
-	c := newConn(tc, false, peer, connConfig{
+	if err := rc.install(tc.ConnectionState(), &secrets, false); err != nil {
+		nc.Close()
+		return
+	}
+	c := newConn(rc, false, peer, connConfig{
 		pingInterval: s.cfg.PingInterval,
 		pingTimeout:  s.cfg.PingTimeout,
 		maxStreams:   s.cfg.MaxConcurrentStreams,
 	})
-	c.batch = bc
+	c.rec = rc
 	c.srv = s
 	// The preface is read under the handshake deadline.
 	var preface [len(h2.ClientPreface)]byte
 	if _, err := io.ReadFull(c.br, preface[:]); err != nil || string(preface[:]) != h2.ClientPreface {
-		tc.Close()
+		rc.Close()
 		return
 	}
 	nc.SetDeadline(time.Time{})
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		tc.Close()
+		rc.Close()
 		return
 	}
 	s.conns[c] = struct{}{}
