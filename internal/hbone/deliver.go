@@ -114,13 +114,17 @@ func (c *conn) deliverLocked(s *Stream, payload, pad, length uint32, end bool) e
 	var werr, rerr error
 	blocked := false
 	for rem := int(payload); rem > 0; {
-		// The whole frame is on its way: wait for as much of it as the read buffer holds,
-		// so that a bulk flow leaves in writes of 64 KiB, not one per TLS record.
-		k := min(rem, c.br.Size())
-		var b []byte
-		if b, rerr = c.br.Peek(k); rerr != nil {
-			break
+		// Write what the read buffer holds. Once it is empty, one read fills it: the record
+		// layer decrypts every whole record it has read into it, up to 64 KiB. Waiting for a
+		// full buffer instead made bufio move the start of the next frame to its front on
+		// almost every fill.
+		if c.br.Buffered() == 0 {
+			if _, rerr = c.br.Peek(1); rerr != nil {
+				break
+			}
 		}
+		k := min(rem, c.br.Buffered())
+		b, _ := c.br.Peek(k)
 		if !blocked && werr == nil {
 			n, err := sink.WriteSome(b)
 			written += n
