@@ -15,6 +15,11 @@ const (
 	fixedQPS    = 1000
 	runTime     = 10 * time.Second
 	iperfTime   = 10 * time.Second // single-stream passes swung by a tenth at 5 s
+	// iperfRuns single-stream runs per pass; the pass reports their median. One run of a
+	// variant differed from the next by up to 1.4x (both ztunnels and both iperf3 ends share
+	// the 2 CPUs, and where the scheduler puts them decides), so that 5-pass medians of
+	// the same code gave Ambit/nginx ratios of 1.18x and 1.43x.
+	iperfRuns = 3
 )
 
 // fortioResult is the part of `fortio load -json` the benchmark reads.

@@ -146,7 +146,7 @@ func report(b *testing.B, variants []*variant, results map[string][]sample) {
 		}
 	}
 	var t strings.Builder
-	fmt.Fprintf(&t, "data path, medians of %d passes (fortio %d connections, %d B each way, %d qps for latency and CPU; iperf3 one stream)\n", *passes, connections, payloadSize, fixedQPS)
+	fmt.Fprintf(&t, "data path, medians of %d passes (fortio %d connections, %d B each way, %d qps for latency and CPU; iperf3 one stream, each pass the median of %d runs)\n", *passes, connections, payloadSize, fixedQPS, iperfRuns)
 	fmt.Fprintf(&t, "%-16s", "")
 	for _, col := range columns {
 		fmt.Fprintf(&t, "%14s", col.head)
