@@ -401,7 +401,7 @@ func measure(ctx context.Context, v *variant) (sample, error) {
 		}
 		s.gbpsRuns = append(s.gbpsRuns, g)
 	}
-	s.gbps = median(s.gbpsRuns)
+	s.gbps = median(slices.Clone(s.gbpsRuns)) // median sorts: the log keeps the runs in order
 	return s, nil
 }
 
