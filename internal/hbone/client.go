@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -190,21 +189,8 @@ func (p *Pool) dial(ctx context.Context, key string, src *Source, t *Target) (*c
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	rc := newRecordConn(fastConn(nc))
-	var secrets keyLog
-	cfg := clientTLS(src.Certificate, src.Roots, t.Identities, &peer)
-	cfg.KeyLogWriter = &secrets
-	tc := tls.Client(rc.handshakeConn(), cfg)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("tls handshake: %w", err)
-	}
-	if got := tc.ConnectionState().NegotiatedProtocol; got != "h2" {
-		tc.Close()
-		return nil, fmt.Errorf("server negotiated ALPN %q, want h2", got)
-	}
-	if err := rc.install(tc.ConnectionState(), &secrets, true); err != nil {
-		nc.Close()
+	rc, err := handshake(ctx, nc, clientTLS(src.Certificate, src.Roots, t.Identities, &peer), true)
+	if err != nil {
 		return nil, err
 	}
 	c := newConn(rc, true, peer, connConfig{

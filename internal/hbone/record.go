@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
@@ -216,20 +217,43 @@ type recordConn struct {
 	// read side sets it without wmu.
 	peerAsked atomic.Bool
 
-	wmu       sync.Mutex // wmu guards the write side below
-	out       *trafficKeys
-	wbuf      []byte // sealed records not yet written
-	batching  bool
-	werr      error // sticky write error
-	closedOut bool  // an alert (close_notify or fatal) was sent: nothing more goes out
+	wmu      sync.Mutex // wmu guards the write side below
+	out      *trafficKeys
+	wbuf     []byte // sealed records not yet written
+	batching bool
+	werr     error // sticky write error; net.ErrClosed once an alert went out
 }
 
 func newRecordConn(nc net.Conn) *recordConn {
 	return &recordConn{Conn: nc, raw: make([]byte, rawBufSize), keyLimit: defaultKeyLimit}
 }
 
-// handshakeConn is what crypto/tls runs its handshake over.
-func (rc *recordConn) handshakeConn() net.Conn { return hsConn{rc} }
+// handshake runs crypto/tls's handshake on nc, as the client or the server with cfg, checks
+// that the peer agreed to h2, and returns the record layer that carries the connection from
+// then on. It closes nc when it fails.
+func handshake(ctx context.Context, nc net.Conn, cfg *tls.Config, client bool) (*recordConn, error) {
+	rc := newRecordConn(fastConn(nc))
+	var secrets keyLog
+	cfg.KeyLogWriter = &secrets
+	tc := tls.Server(hsConn{rc}, cfg)
+	if client {
+		tc = tls.Client(hsConn{rc}, cfg)
+	}
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	cs := tc.ConnectionState()
+	if cs.NegotiatedProtocol != "h2" {
+		tc.Close()
+		return nil, fmt.Errorf("peer negotiated ALPN %q, want h2", cs.NegotiatedProtocol)
+	}
+	if err := rc.install(cs, &secrets, client); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return rc, nil
+}
 
 // install takes over from crypto/tls once its handshake is done: it derives both
 // directions' keys from the secrets the key log caught.
@@ -601,10 +625,9 @@ func (rc *recordConn) sendAlert(desc uint8) {
 		return
 	}
 	defer rc.wmu.Unlock()
-	if rc.werr != nil || rc.closedOut || rc.out == nil {
+	if rc.werr != nil || rc.out == nil {
 		return
 	}
-	rc.closedOut = true
 	rc.Conn.SetWriteDeadline(time.Now().Add(time.Second))
 	level := byte(2) // fatal
 	if desc == alertCloseNotify {

@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -67,19 +68,9 @@ func recordPair(t *testing.T, ourClient bool) (rc *recordConn, peer *tls.Conn, p
 	return rc, peer, theirs
 }
 
-// handshakeRecord runs crypto/tls's handshake on nc and returns the recordConn that takes over.
+// handshakeRecord is handshake without a deadline.
 func handshakeRecord(nc net.Conn, cfg *tls.Config, client bool) (*recordConn, error) {
-	rc := newRecordConn(fastConn(nc))
-	var secrets keyLog
-	cfg.KeyLogWriter = &secrets
-	tc := tls.Client(rc.handshakeConn(), cfg)
-	if !client {
-		tc = tls.Server(rc.handshakeConn(), cfg)
-	}
-	if err := tc.Handshake(); err != nil {
-		return nil, err
-	}
-	return rc, rc.install(tc.ConnectionState(), &secrets, client)
+	return handshake(context.Background(), nc, cfg, client)
 }
 
 // TestRecordKeyUpdateRequested: asked for a KeyUpdate, a recordConn sends one before its

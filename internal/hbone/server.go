@@ -2,7 +2,6 @@ package hbone
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -271,26 +270,12 @@ func (s *Server) serveConn(nc net.Conn) {
 		tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: 15 * time.Second, Interval: 15 * time.Second, Count: 4})
 	}
 	var peer identity.Identity
-	rc := newRecordConn(fastConn(nc))
-	var secrets keyLog
-	cfg := serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer)
-	cfg.KeyLogWriter = &secrets
-	tc := tls.Server(rc.handshakeConn(), cfg)
 	deadline := time.Now().Add(s.cfg.HandshakeTimeout)
 	nc.SetDeadline(deadline)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	err := tc.HandshakeContext(ctx)
+	rc, err := handshake(ctx, nc, serverTLS(s.cfg.Certificate, s.cfg.Roots, s.cfg.TrustDomain, &peer), false)
 	cancel()
 	if err != nil {
-		nc.Close()
-		return
-	}
-	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		tc.Close()
-		return
-	}
-	if err := rc.install(tc.ConnectionState(), &secrets, false); err != nil {
-		nc.Close()
 		return
 	}
 	c := newConn(rc, false, peer, connConfig{
