@@ -2,6 +2,7 @@ package cniadd
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +13,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/ambit-mesh/ambit/tests/bench/cniadd/cnitime"
 	"github.com/ambit-mesh/ambit/tests/bench/hostcpu"
@@ -38,7 +42,27 @@ type addResult struct {
 	// steps are the agent's own timings of each enrolment (its "enrolled new pod" log line),
 	// by step: took (the whole ADD request in the agent), lock_wait, ztunnel_ack, redirect.
 	steps map[string][]time.Duration
+	// slowest are the enrolled pods with the slowest ambit-cni ADDs, slowest first, each
+	// split into its steps: which part a tail sample came from.
+	slowest []slowAdd
+	// overlapped counts the enrolled pods whose ambit-cni ADD ran next to a CNI call for
+	// another sandbox on the same node.
+	overlapped int
 }
+
+// slowAdd is one pod's ambit-cni ADD and its steps.
+type slowAdd struct {
+	pod    string
+	start  time.Time
+	plugin time.Duration
+	steps  map[string]time.Duration
+	// others are the node's CNI calls for other sandboxes that ran while this one did.
+	others string
+}
+
+// slowShown is how many of the slowest ADDs of an enrolled row the report splits: at 100 pods
+// the p99 is the second slowest.
+const slowShown = 3
 
 // agentSteps are the timings the agent logs for each enrolled new pod, in report order,
 // then the two parts of ambit-cni's call outside the agent: from the plugin's exec until the
@@ -51,10 +75,11 @@ const (
 	stepFromAgent = "from_agent"
 )
 
-// agentCall is when an agent received a pod's ADD and how long it took, from its log line.
+// agentCall is when an agent received a pod's ADD and how long its steps took, from its log
+// line.
 type agentCall struct {
 	received time.Time
-	took     time.Duration
+	steps    map[string]time.Duration
 }
 
 func listOptions(selector string) metav1.ListOptions {
@@ -183,9 +208,18 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 					continue
 				}
 				start, end := time.Unix(0, call.StartNanos), time.Unix(0, call.StartNanos+call.Nanos)
-				r.steps[stepToAgent] = append(r.steps[stepToAgent], a.received.Sub(start))
-				r.steps[stepFromAgent] = append(r.steps[stepFromAgent], end.Sub(a.received.Add(a.took)))
+				a.steps[stepToAgent] = a.received.Sub(start)
+				a.steps[stepFromAgent] = end.Sub(a.received.Add(a.steps["took"]))
+				r.steps[stepToAgent] = append(r.steps[stepToAgent], a.steps[stepToAgent])
+				r.steps[stepFromAgent] = append(r.steps[stepFromAgent], a.steps[stepFromAgent])
+				others := overlapping(calls, call)
+				if others != "" {
+					r.overlapped++
+				}
+				r.slowest = append(r.slowest, slowAdd{pod: call.Pod, start: start, plugin: time.Duration(call.Nanos), steps: a.steps, others: others})
 			}
+			slices.SortFunc(r.slowest, func(x, y slowAdd) int { return cmp.Compare(y.plugin, x.plugin) })
+			r.slowest = r.slowest[:min(slowShown, len(r.slowest))]
 			if n := len(r.steps["took"]); n < l.pods {
 				return nil, fmt.Errorf("%s, %s: the agents logged %d enrolled new pods of namespace %s; want %d", backend, l.name, n, nss[variant], l.pods)
 			}
@@ -193,6 +227,29 @@ func measureAdds(ctx context.Context, backend string, l addLoad) ([]addResult, e
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// overlapping lists the calls of calls that ran on c's node, for another sandbox, while c ran,
+// as "DEL ns/pod (plugins)", or "" if none did.
+func overlapping(calls []cnitime.Call, c cnitime.Call) string {
+	end := c.StartNanos + c.Nanos
+	var keys []string
+	plugins := map[string][]string{}
+	for _, o := range calls {
+		if o.Node != c.Node || o.ContainerID == c.ContainerID || o.StartNanos >= end || o.StartNanos+o.Nanos <= c.StartNanos {
+			continue
+		}
+		k := o.Command + " " + o.Namespace + "/" + o.Pod
+		if _, ok := plugins[k]; !ok {
+			keys = append(keys, k)
+		}
+		plugins[k] = append(plugins[k], o.Plugin)
+	}
+	var out []string
+	for _, k := range keys {
+		out = append(out, k+" ("+strings.Join(plugins[k], ", ")+")")
+	}
+	return strings.Join(out, "; ")
 }
 
 // podJob is one pod to create.
@@ -231,30 +288,22 @@ func runPods(ctx context.Context, jobs []podJob, workers int, keep bool) error {
 // annotated, and deletes it unless keep.
 func runPod(ctx context.Context, j podJob, keep bool) error {
 	pods := c.Client.CoreV1().Pods(j.ns)
-	if _, err := pods.Create(ctx, podFor(j.name, j.node), metav1.CreateOptions{}); err != nil {
+	created, err := pods.Create(ctx, podFor(j.name, j.node), metav1.CreateOptions{})
+	if err != nil {
 		return fmt.Errorf("creating pod %s/%s: %w", j.ns, j.name, err)
 	}
-	var pod *corev1.Pod
 	what := "pod " + j.ns + "/" + j.name + " running"
 	if j.enrolled {
 		what += " and annotated ambient.istio.io/redirection=enabled"
 	}
-	err := c.Wait(ctx, 2*time.Minute, what, func(ctx context.Context) (bool, error) {
-		p, err := pods.Get(ctx, j.name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		pod = p
+	pod, err := watchPod(ctx, created, 2*time.Minute, func(p *corev1.Pod) (bool, error) {
 		if problem := cluster.PodProblem(p); problem != "" {
 			return false, errors.New(problem)
 		}
 		return p.Status.Phase == corev1.PodRunning && (!j.enrolled || annotated(p)), nil
 	})
 	if err != nil {
-		if pod != nil {
-			err = fmt.Errorf("%w (annotations %v)", err, pod.Annotations)
-		}
-		return err
+		return fmt.Errorf("waiting for %s: %w (annotations %v)", what, err, pod.Annotations)
 	}
 	if !j.enrolled && annotated(pod) {
 		return fmt.Errorf("pod %s/%s: annotated as enrolled in a namespace that is not (annotations %v)", j.ns, j.name, pod.Annotations)
@@ -263,6 +312,48 @@ func runPod(ctx context.Context, j podJob, keep bool) error {
 		return nil
 	}
 	return deletePod(ctx, j)
+}
+
+// watchPod waits until done says the pod is as wanted, for up to timeout, and returns the pod
+// as last seen. It watches rather than polls: polling the API server every few milliseconds
+// while the node sets the pod up would load the machine the ADD is measured on.
+func watchPod(ctx context.Context, pod *corev1.Pod, timeout time.Duration, done func(*corev1.Pod) (bool, error)) (*corev1.Pod, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pods := c.Client.CoreV1().Pods(pod.Namespace)
+	for {
+		w, err := pods.Watch(ctx, metav1.ListOptions{
+			FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
+			ResourceVersion: pod.ResourceVersion,
+		})
+		if err != nil {
+			return pod, err
+		}
+		for ev := range w.ResultChan() {
+			switch ev.Type {
+			case watch.Error:
+				w.Stop()
+				return pod, apierrors.FromObject(ev.Object)
+			case watch.Deleted:
+				w.Stop()
+				return pod, errors.New("the pod was deleted")
+			}
+			p, ok := ev.Object.(*corev1.Pod)
+			if !ok {
+				continue
+			}
+			pod = p
+			if ok, err := done(p); ok || err != nil {
+				w.Stop()
+				return pod, err
+			}
+		}
+		w.Stop()
+		// The API server ends watches after a while: watch again from the last version seen.
+		if ctx.Err() != nil {
+			return pod, fmt.Errorf("timed out after %v", timeout)
+		}
+	}
 }
 
 func deletePod(ctx context.Context, j podJob) error {
@@ -356,6 +447,7 @@ func readCalls(ctx context.Context) ([]cnitime.Call, error) {
 			if err := json.Unmarshal(sc.Bytes(), &call); err != nil {
 				return nil, fmt.Errorf("%s on %s: line %q: %w", cnitime.LogPath, n.Name, sc.Text(), err)
 			}
+			call.Node = n.Name
 			calls = append(calls, call)
 		}
 	}
@@ -380,7 +472,7 @@ func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration,
 				continue
 			}
 			var pod string
-			var call agentCall
+			call := agentCall{steps: map[string]time.Duration{}}
 			for _, f := range strings.Fields(line) {
 				k, v, ok := strings.Cut(f, "=")
 				switch {
@@ -397,9 +489,7 @@ func readAgentSteps(ctx context.Context, ns string) (map[string][]time.Duration,
 						return nil, nil, fmt.Errorf("agent %s: line %q: %s: %w", p.Name, line, k, err)
 					}
 					steps[k] = append(steps[k], d)
-					if k == "took" {
-						call.took = d
-					}
+					call.steps[k] = d
 				}
 			}
 			if pod != "" && !call.received.IsZero() {

@@ -33,6 +33,8 @@ type Call struct {
 	StartNanos  int64  `json:"startNanos"`
 	Nanos       int64  `json:"nanos"`
 	ExitCode    int    `json:"exitCode"`
+	// Node is the node whose log held the call; the reader sets it.
+	Node string `json:"-"`
 }
 
 // Run runs the real plugin named like the program (os.Args[0]) from real/ next to the
