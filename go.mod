@@ -27,6 +27,7 @@ require (
 	k8s.io/api v0.37.0
 	k8s.io/apimachinery v0.37.0
 	k8s.io/client-go v0.37.0
+	k8s.io/cri-api v0.37.0
 	k8s.io/streaming v0.37.0
 	sigs.k8s.io/gateway-api v1.6.3
 )

@@ -369,10 +369,13 @@ func deletePod(ctx context.Context, j podJob) error {
 const netnsFreed = time.Second
 
 // tearDown deletes the pods of jobs and waits until every plugin that set up one of their
-// sandboxes' network has been called to tear it down (cnitime's DEL records on the nodes),
-// then for the kernel to free the network namespaces.
+// sandboxes' network has been called to tear it down (cnitime's DEL records on the nodes) and
+// the pods are gone. Then it removes their sandboxes from the nodes' runtimes, which the
+// kubelet's garbage collection would do within a minute, calling the chain's DEL again, next
+// to the ADDs of a later round. Last, it waits for the kernel to free the network namespaces.
 func tearDown(ctx context.Context, jobs []podJob) error {
-	want := map[string]bool{} // namespace/pod
+	want := map[string]bool{}          // namespace/pod
+	sandboxes := map[string][]string{} // by node
 	for _, j := range jobs {
 		if err := deletePod(ctx, j); err != nil {
 			return err
@@ -394,6 +397,9 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 			}
 			switch call.Command {
 			case "ADD":
+				if call.Plugin == "ambit-cni" {
+					sandboxes[call.Node] = append(sandboxes[call.Node], call.ContainerID)
+				}
 				added[call.ContainerID+" "+call.Plugin] = true
 				seen[pod] = true
 			case "DEL":
@@ -415,7 +421,22 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d plugin ADDs of %d deleted pods still have no DEL after 2m", open, len(want))
 		}
+		clear(sandboxes)
 		time.Sleep(250 * time.Millisecond)
+	}
+	for _, j := range jobs {
+		err := c.Wait(ctx, time.Minute, "pod "+j.ns+"/"+j.name+" gone", func(ctx context.Context) (bool, error) {
+			_, err := c.Client.CoreV1().Pods(j.ns).Get(ctx, j.name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for node, ids := range sandboxes {
+		if err := c.RemoveSandboxes(ctx, node, ids); err != nil {
+			return err
+		}
 	}
 	select {
 	case <-ctx.Done():

@@ -1,0 +1,45 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RemoveSandboxes removes the pod sandboxes ids from node name's container runtime, as the
+// kubelet's garbage collection does a while after their pods are gone: the runtime stops any
+// that still run (tearing down their network through the CNI chain, again if it did so
+// before) and deletes them. A sandbox the runtime no longer has is not an error. Tests that
+// measure the node call it so that the kubelet has nothing left to collect in the middle of
+// their measurement.
+func (c *Cluster) RemoveSandboxes(ctx context.Context, name string, ids []string) error {
+	var node *Node
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			node = n
+		}
+	}
+	if node == nil {
+		return fmt.Errorf("no node %q in cluster %s", name, c.Name)
+	}
+	conn, err := grpc.NewClient("unix://"+node.containerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connecting to the container runtime of %s: %w", name, err)
+	}
+	defer conn.Close()
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	var errs []error
+	for _, id := range ids {
+		_, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id})
+		if err != nil && status.Code(err) != codes.NotFound {
+			errs = append(errs, fmt.Errorf("removing pod sandbox %s on %s: %w", id, name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
