@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,10 +37,23 @@ func (c *Cluster) RemoveSandboxes(ctx context.Context, name string, ids []string
 	rt := runtimeapi.NewRuntimeServiceClient(conn)
 	var errs []error
 	for _, id := range ids {
-		_, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id})
-		if err != nil && status.Code(err) != codes.NotFound {
-			errs = append(errs, fmt.Errorf("removing pod sandbox %s on %s: %w", id, name, err))
+		// The kubelet may be removing the sandbox's containers at the same time; the runtime
+		// then refuses ("already in removing state") until it is done.
+		deadline := time.Now().Add(removeRetry)
+		for {
+			_, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id})
+			if err == nil || status.Code(err) == codes.NotFound {
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				errs = append(errs, fmt.Errorf("removing pod sandbox %s on %s (tried for %v): %w", id, name, removeRetry, err))
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	return errors.Join(errs...)
 }
+
+// removeRetry is how long RemoveSandboxes retries one sandbox the runtime refuses to remove.
+const removeRetry = 10 * time.Second
