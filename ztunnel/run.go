@@ -127,9 +127,10 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 		case <-ctx.Done():
 		}
 	}()
+	policyGen, _ := st.PolicyChanges()
 	go func() {
 		defer wg.Done()
-		recheckOnPolicyChange(ctx, st, px, log)
+		recheckOnPolicyChange(ctx, st, policyGen, px, log)
 	}()
 	if cfg.MemoryTrimPeriod > 0 {
 		wg.Add(1)
@@ -173,19 +174,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, level *slog.LevelVar
 	return runErr
 }
 
-// recheckOnPolicyChange closes open inbound connections that a policy change denies.
-func recheckOnPolicyChange(ctx context.Context, st *state.State, px *proxy.Proxy, log *slog.Logger) {
-	for {
-		gen, changed := st.PolicyChanges()
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		}
+// recheckOnPolicyChange closes open inbound connections that a policy change after generation
+// since denies.
+func recheckOnPolicyChange(ctx context.Context, st *state.State, since uint64, px *proxy.Proxy, log *slog.Logger) {
+	st.OnPolicyChange(ctx, since, func(gen uint64) {
 		if n := px.Recheck(); n > 0 {
-			log.Info("policy change closed connections", "generation", gen+1, "closed", n)
+			log.Info("policy change closed connections", "generation", gen, "closed", n)
 		}
-	}
+	})
 }
 
 // dnsServer returns the proxy's ServeDNS: one DNS proxy per pod, answering the Services the

@@ -133,17 +133,8 @@ func startDataplane(t *testing.T) *dataplane {
 	must(t, err)
 	go func() { zsrv.Serve(runCtx, zln); done <- struct{}{} }()
 	go func() { zds.RunClient(runCtx, sock, handler, log); done <- struct{}{} }()
-	go func() {
-		for {
-			_, changed := zst.PolicyChanges()
-			select {
-			case <-runCtx.Done():
-				return
-			case <-changed:
-				d.proxy.Recheck()
-			}
-		}
-	}()
+	policyGen, _ := zst.PolicyChanges()
+	go zst.OnPolicyChange(runCtx, policyGen, func(uint64) { d.proxy.Recheck() })
 	t.Cleanup(func() {
 		stopCtx, c := context.WithTimeout(context.Background(), time.Second)
 		defer c()

@@ -273,11 +273,31 @@ func (s *State) policyChangedLocked() {
 
 // PolicyChanges returns the current policy generation and a channel closed at the next change:
 // a policy added, changed or removed, or a workload whose list of selected policies changed.
-// Re-check open connections when it closes, then call PolicyChanges again.
+// A loop that acts on each change must compare generations, as OnPolicyChange does: a change
+// made while it acts closes a channel it has not taken yet.
 func (s *State) PolicyChanges() (generation uint64, changed <-chan struct{}) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return s.policyGen, s.policyChanged
+}
+
+// OnPolicyChange calls f with the new generation after each policy change past generation
+// since, until ctx ends. A change made while f runs calls f again once it returns (changes made
+// meanwhile share one call): one policy often arrives in two updates, its Authorization and the
+// workloads that select it, and f must see the state after both.
+func (s *State) OnPolicyChange(ctx context.Context, since uint64, f func(generation uint64)) {
+	for ctx.Err() == nil {
+		gen, changed := s.PolicyChanges()
+		if gen != since {
+			since = gen
+			f(gen)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		}
+	}
 }
 
 // Policies returns the current policies.

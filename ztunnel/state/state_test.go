@@ -445,3 +445,47 @@ func TestConnectionPathDoesNotAllocate(t *testing.T) {
 		t.Errorf("connection path allocates %v times, want 0", allocs)
 	}
 }
+
+// A policy often arrives in two updates (its Authorization, then the workload that selects it);
+// the second may land while the callback for the first runs, and must call it again, or the
+// open connections are rechecked against half the change only.
+func TestOnPolicyChangeSeesChangesMadeWhileRunning(t *testing.T) {
+	s := New(Config{})
+	mustUpdate(t, s, xds.AddressType, []xds.Resource{wl("shop", "web-1", "10.1.0.5", healthy)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan uint64)
+	proceed := make(chan struct{})
+	gen0, _ := s.PolicyChanges()
+	go s.OnPolicyChange(ctx, gen0, func(gen uint64) {
+		calls <- gen
+		<-proceed
+	})
+
+	denyOps := pol("shop", "deny-ops", security.Scope_WORKLOAD_SELECTOR, security.Action_DENY,
+		&security.Match{Namespaces: []*security.StringMatch{{MatchType: &security.StringMatch_Exact{Exact: "ops"}}}})
+	mustUpdate(t, s, xds.AuthorizationType, []xds.Resource{denyOps})
+	first := receive(t, calls, "the call for the Authorization update")
+	// The callback runs (blocked on proceed) while the workload starts selecting the policy.
+	mustUpdate(t, s, xds.AddressType, []xds.Resource{wl("shop", "web-1", "10.1.0.5", healthy, policies("shop/deny-ops"))})
+	proceed <- struct{}{}
+	second := receive(t, calls, "a second call for the workload update made during the first")
+	if second <= first {
+		t.Errorf("second call's generation %d, want after %d", second, first)
+	}
+	if gen, _ := s.PolicyChanges(); second != gen {
+		t.Errorf("second call's generation %d, want the current one, %d", second, gen)
+	}
+	close(proceed)
+}
+
+func receive(t *testing.T, calls <-chan uint64, what string) uint64 {
+	t.Helper()
+	select {
+	case gen := <-calls:
+		return gen
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no %s within 5 s", what)
+		return 0
+	}
+}
