@@ -333,14 +333,23 @@ func (c *Cluster) DialContext(ctx context.Context, network, addr string) (net.Co
 	return c.fabric.ns.DialContext(ctx, network, addr)
 }
 
-// NodeNetNS is node name's network namespace (the "host network" of its pods).
-func (c *Cluster) NodeNetNS(name string) (*netns.Handle, error) {
+// node returns the node called name.
+func (c *Cluster) node(name string) (*Node, error) {
 	for _, n := range c.Nodes {
 		if n.Name == name {
-			return n.sb.ns, nil
+			return n, nil
 		}
 	}
 	return nil, fmt.Errorf("no node %q in cluster %s", name, c.Name)
+}
+
+// NodeNetNS is node name's network namespace (the "host network" of its pods).
+func (c *Cluster) NodeNetNS(name string) (*netns.Handle, error) {
+	n, err := c.node(name)
+	if err != nil {
+		return nil, err
+	}
+	return n.sb.ns, nil
 }
 
 // BinDir is the directory of the pinned binaries the cluster runs (kubectl among them).
@@ -349,10 +358,9 @@ func (c *Cluster) BinDir() string { return c.cfg.BinDir }
 // NodeCommand prepares a program to run on node name: in its network and mount namespaces and
 // its cgroup, as the node's own programs run (for example nft or ip to inspect the node).
 func (c *Cluster) NodeCommand(name, program string, args ...string) (*exec.Cmd, error) {
-	for _, n := range c.Nodes {
-		if n.Name == name {
-			return n.sb.command(program, args...), nil
-		}
+	n, err := c.node(name)
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("no node %q in cluster %s", name, c.Name)
+	return n.sb.command(program, args...), nil
 }

@@ -20,14 +20,9 @@ import (
 // measure the node call it so that the kubelet has nothing left to collect in the middle of
 // their measurement.
 func (c *Cluster) RemoveSandboxes(ctx context.Context, name string, ids []string) error {
-	var node *Node
-	for _, n := range c.Nodes {
-		if n.Name == name {
-			node = n
-		}
-	}
-	if node == nil {
-		return fmt.Errorf("no node %q in cluster %s", name, c.Name)
+	node, err := c.node(name)
+	if err != nil {
+		return err
 	}
 	conn, err := grpc.NewClient("unix://"+node.containerdSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

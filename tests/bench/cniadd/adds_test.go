@@ -374,8 +374,7 @@ const netnsFreed = time.Second
 // kubelet's garbage collection would do within a minute, calling the chain's DEL again, next
 // to the ADDs of a later round. Last, it waits for the kernel to free the network namespaces.
 func tearDown(ctx context.Context, jobs []podJob) error {
-	want := map[string]bool{}          // namespace/pod
-	sandboxes := map[string][]string{} // by node
+	want := map[string]bool{} // namespace/pod
 	for _, j := range jobs {
 		if err := deletePod(ctx, j); err != nil {
 			return err
@@ -383,9 +382,10 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 		want[j.ns+"/"+j.name] = true
 	}
 	deadline := time.Now().Add(2 * time.Minute)
+	var calls []cnitime.Call
 	for {
-		calls, err := readCalls(ctx)
-		if err != nil {
+		var err error
+		if calls, err = readCalls(ctx); err != nil {
 			return err
 		}
 		added, deleted := map[string]bool{}, map[string]bool{} // sandbox + plugin
@@ -397,9 +397,6 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 			}
 			switch call.Command {
 			case "ADD":
-				if call.Plugin == "ambit-cni" {
-					sandboxes[call.Node] = append(sandboxes[call.Node], call.ContainerID)
-				}
 				added[call.ContainerID+" "+call.Plugin] = true
 				seen[pod] = true
 			case "DEL":
@@ -421,7 +418,6 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("%d plugin ADDs of %d deleted pods still have no DEL after 2m", open, len(want))
 		}
-		clear(sandboxes)
 		time.Sleep(250 * time.Millisecond)
 	}
 	for _, j := range jobs {
@@ -431,6 +427,12 @@ func tearDown(ctx context.Context, jobs []podJob) error {
 		})
 		if err != nil {
 			return err
+		}
+	}
+	sandboxes := map[string][]string{} // by node
+	for _, call := range calls {
+		if call.Command == "ADD" && call.Plugin == "ambit-cni" && want[call.Namespace+"/"+call.Pod] {
+			sandboxes[call.Node] = append(sandboxes[call.Node], call.ContainerID)
 		}
 	}
 	for node, ids := range sandboxes {
